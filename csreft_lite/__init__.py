@@ -1,7 +1,14 @@
-"""csreft_lite: Compositional Subspace Representation Fine-tuning, small enough to read in an hour."""
+"""csreft_lite: Compositional Subspace Representation Fine-tuning, small enough to read in an hour.
+
+    import csreft_lite as cl
+    model, tok = cl.load_course_model()
+    reft = cl.ReftModel(model, {9: cl.LoReFT(576, rank=4)}, positions="f5+l5")
+"""
 
 __version__ = "0.1.0"
 
+from .hooks import Positions, add_vector, record  # noqa: F401
+from .interventions import CSReFT, DiReFT, LoReFT, Router, orthonormal_rows  # noqa: F401
 from .models import (  # noqa: F401
     CourseModelError,
     cache_dir,
@@ -9,3 +16,4 @@ from .models import (  # noqa: F401
     load_course_model,
     load_model,
 )
+from .reft_model import ReftModel  # noqa: F401

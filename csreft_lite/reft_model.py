@@ -1,0 +1,352 @@
+"""``ReftModel``: a frozen causal LM plus interventions at chosen layers and prompt positions.
+
+The base model is never modified: its weights are frozen and the interventions act through
+forward hooks on its decoder layers, which ``remove()`` (or leaving a ``with`` block) takes
+away again, restoring the base model bit for bit. Only the interventions are parameters of
+a ``ReftModel``, so ``reft.parameters()`` is exactly what an optimiser should train, and
+``reft.state_dict()`` exactly what a checkpoint holds.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from .hooks import PositionIndex, Positions, check_layers, edit_at, hidden_of, hidden_size, replace_hidden, resolve_positions
+from .interventions import build
+from .models import decoder_layers, model_name
+
+CONFIG_FILE = "reft_config.json"
+WEIGHTS_FILE = "interventions.safetensors"
+
+
+@dataclass
+class ReftOutput:
+    """What ``ReftModel.forward`` returns when given labels."""
+
+    loss: torch.Tensor
+    ce_loss: torch.Tensor
+    penalty: torch.Tensor | None
+    n_tokens: int
+
+
+def _is_checkpointing(model: nn.Module) -> bool:
+    """Whether activation (gradient) checkpointing is on; the name changed in transformers 5."""
+    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return bool(getattr(model, name, False))
+
+
+def _key(layer: int, group: str | None) -> str:
+    return f"layer{layer}" if group is None else f"layer{layer}_{group}"
+
+
+class ReftModel(nn.Module):
+    """A frozen model with interventions: ``ReftModel(model, {layer: intervention}, positions="f5+l5")``.
+
+    ``share_positions=True`` applies one intervention per layer to all selected positions
+    (tied weights); ``False`` gives the first-n and last-n groups separate copies (the LoReFT
+    AlpacaEval recipe, "untied"). Interventions are moved to the model's device; their
+    parameters stay float32 whatever the model's dtype.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        interventions: Mapping[int, nn.Module],
+        positions: "str | Positions" = "f5+l5",
+        share_positions: bool = True,
+    ):
+        super().__init__()
+        if not interventions:
+            raise ValueError("ReftModel needs at least one intervention, e.g. {9: LoReFT(d_model, rank=4)}.")
+        object.__setattr__(self, "model", model)  # not a submodule: its weights are not ours to train or save
+        self.positions = Positions.parse(positions)
+        if self.positions.all and not share_positions:
+            raise ValueError("positions='all' has no first/last groups; use share_positions=True.")
+        self.share_positions = share_positions
+        layers = check_layers(model, [int(k) for k in interventions])
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"Two interventions were given for the same layer: {sorted(int(k) for k in interventions)}.")
+        d = hidden_size(model)
+        device = next(model.parameters()).device
+        self.layers = layers
+        self.interventions = nn.ModuleDict()
+        for layer, module in zip(layers, interventions.values()):
+            if getattr(module, "d_model", d) != d:
+                raise ValueError(
+                    f"The intervention for layer {layer} was built for hidden size {module.d_model}, but the model's "
+                    f"hidden size is {d}. Build it with d_model={d}."
+                )
+            if share_positions:
+                self.interventions[_key(layer, None)] = module
+            else:
+                self.interventions[_key(layer, "first")] = module
+                self.interventions[_key(layer, "last")] = copy.deepcopy(module)
+        self.interventions.to(device)
+        model.requires_grad_(False)
+        self._where: PositionIndex | None = None
+        self._handles: list = []
+        self.attach()
+
+    # ------------------------------------------------------------ hooks
+
+    def attach(self) -> None:
+        """Install the hooks (done by the constructor; undone by ``remove()``)."""
+        if self._handles:
+            return
+        blocks = decoder_layers(self.model)
+        for layer in self.layers:
+            self._handles.append(blocks[layer].register_forward_hook(self._hook(layer)))
+
+    def remove(self) -> None:
+        """Take the hooks away: the base model behaves exactly as before."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._where = None
+
+    def __enter__(self) -> "ReftModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def _hook(self, layer: int):
+        def hook(module, args, output):
+            where = self._where
+            hidden = hidden_of(output)
+            if where is None or hidden.shape[1] != where.seq_len:
+                return None  # not ours (no ReftModel call active) or a cached decode step
+            if self.share_positions:
+                new = edit_at(hidden, where, self.interventions[_key(layer, None)])
+            else:
+                new = hidden
+                for group in ("first", "last"):
+                    new = edit_at(new, where, self.interventions[_key(layer, group)], where.groups[group])
+            return replace_hidden(output, new)
+
+        return hook
+
+    @contextmanager
+    def _active(self, where: PositionIndex) -> Iterator[None]:
+        if not self._handles:
+            raise RuntimeError("This ReftModel was removed from its base model; call reft.attach() to use it again.")
+        self._where = where
+        try:
+            yield
+        finally:
+            # With gradient checkpointing, backward re-runs the layers (and our hooks) after
+            # forward returns, so the positions must stay set until the next call.
+            if not _is_checkpointing(self.model):
+                self._where = None
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Run the base model without edits inside this block, e.g. for before/after comparisons."""
+        handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.remove()
+        try:
+            yield
+        finally:
+            self.attach()
+
+    # ------------------------------------------------------------ forward and generate
+
+    def _check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        if input_ids.device != device:
+            raise ValueError(
+                f"input_ids are on {input_ids.device} but the model is on {device}; move the batch with "
+                f".to({str(device)!r})."
+            )
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}.")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return attention_mask
+
+    def where(self, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor | None = None) -> PositionIndex:
+        """The positions this model edits for a padded batch (left or right padding)."""
+        return resolve_positions(self.positions, attention_mask, prompt_lengths)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        prompt_lengths: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        """Without labels: the base model's output (logits) with the edits applied.
+
+        With labels (``-100`` where nothing is learned): a ``ReftOutput`` whose loss is the
+        mean cross-entropy over supervised tokens plus any intervention penalty. Logits are
+        computed only at supervised positions, which saves the vocabulary projection of
+        every prompt token.
+        """
+        attention_mask = self._check_inputs(input_ids, attention_mask)
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # correct under left padding too
+        where = self.where(attention_mask, prompt_lengths)
+        with self._active(where):
+            if labels is None:
+                return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+            return self._loss(input_ids, attention_mask, position_ids, labels)
+
+    def _loss(self, input_ids, attention_mask, position_ids, labels) -> ReftOutput:
+        targets = labels[:, 1:]
+        supervised = targets != -100  # [batch, seq-1]
+        n_tokens = int(supervised.sum())
+        if n_tokens == 0:
+            raise ValueError("Every label in this batch is -100: there is no response token to learn from.")
+        config = self.model.config
+        if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+            picked = logits[:, :-1][supervised]
+        else:  # backbone, then the output head only where a label is supervised
+            hidden = self.model.base_model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            ).last_hidden_state
+            picked = self.model.get_output_embeddings()(hidden[:, :-1][supervised])  # [n_tokens, vocab]
+        ce = F.cross_entropy(picked.float(), targets[supervised])
+        penalties = [p for m in self.interventions.values() if hasattr(m, "penalty") and (p := m.penalty()) is not None]
+        penalty = torch.stack(penalties).sum() if penalties else None
+        loss = ce if penalty is None else ce + penalty
+        return ReftOutput(loss=loss, ce_loss=ce.detach(), penalty=None if penalty is None else penalty.detach(), n_tokens=n_tokens)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """``model.generate`` with the edits applied to the prompt (left-padded batches welcome).
+
+        The edits act during the prefill; the KV cache carries them to every generated token,
+        and the decode steps run the base model untouched, so generation costs what it costs
+        the base model.
+        """
+        attention_mask = self._check_inputs(input_ids, attention_mask)
+        if bool((attention_mask[:, -1] == 0).any()):
+            raise ValueError("generate() needs left padding (the last column is padding); set tokenizer.padding_side='left'.")
+        kwargs.setdefault("pad_token_id", getattr(self.model.generation_config, "pad_token_id", None) or self.model.config.eos_token_id)
+        where = self.where(attention_mask)
+        # Decode steps see one new token, so the hook's length check (seq_len) skips them;
+        # the first forward (prefill) sees the whole prompt and is edited.
+        stop = self.model.register_forward_hook(lambda *args: setattr(self, "_where", None))
+        try:
+            with self._active(where):
+                return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        finally:
+            stop.remove()
+            self._where = None
+
+    # ------------------------------------------------------------ introspection
+
+    def trainable_parameters(self) -> int:
+        """Number of trainable parameters (the interventions only)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def base_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def parameter_share(self) -> float:
+        """Trainable parameters as a percentage of the base model's, e.g. 0.0039 for 0.0039%."""
+        return 100.0 * self.trainable_parameters() / self.base_parameters()
+
+    def gates(self) -> dict[str, torch.Tensor]:
+        """The router gates of the last forward pass, per intervention that has a router."""
+        return {k: m.last_gates for k, m in self.interventions.items() if getattr(m, "last_gates", None) is not None}
+
+    def summary(self) -> str:
+        """One line: what is attached where, and how many parameters it trains."""
+        first = next(iter(self.interventions.values()))
+        kind = "+".join(dict.fromkeys(type(m).__name__ for m in self.interventions.values()))
+        rank = getattr(first, "rank", "?")
+        extra = f", {first.n_subspaces} subspaces" if hasattr(first, "n_subspaces") else ""
+        tied = "tied" if self.share_positions else "untied"
+        return (
+            f"{kind} (rank {rank}{extra}) on {model_name(self.model)} at layers {self.layers}, positions "
+            f"{self.positions} ({tied}): {self.trainable_parameters():,} trainable parameters = "
+            f"{self.parameter_share():.4f}% of {self.base_parameters():,}"
+        )
+
+    def print_trainable_parameters(self) -> None:
+        print(self.summary())
+
+    def extra_repr(self) -> str:
+        return self.summary()
+
+    # ------------------------------------------------------------ save and load
+
+    def config(self) -> dict:
+        return {
+            "library": "csreft_lite",
+            "version": __version__,
+            "base_model": model_name(self.model),
+            "hidden_size": hidden_size(self.model),
+            "num_layers": len(decoder_layers(self.model)),
+            "positions": str(self.positions),
+            "share_positions": self.share_positions,
+            "layers": self.layers,
+            "interventions": {k: {"kind": type(m).__name__, "config": m.config()} for k, m in self.interventions.items()},
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``reft_config.json`` and ``interventions.safetensors`` (no pickles) into a folder."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
+        (path / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module, check_model_name: bool = True) -> "ReftModel":
+        """Rebuild a saved ``ReftModel`` on ``model``; refuses a checkpoint made for another model."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"No ReftModel checkpoint in {path}: expected {CONFIG_FILE} and {WEIGHTS_FILE}.")
+        config = json.loads((path / CONFIG_FILE).read_text())
+        mismatches = []
+        for field, ours in (
+            ("hidden_size", hidden_size(model)),
+            ("num_layers", len(decoder_layers(model))),
+            ("base_model", model_name(model)),
+        ):
+            if field == "base_model" and not check_model_name:
+                continue
+            if config.get(field) != ours:
+                mismatches.append(f"{field}: checkpoint {config.get(field)!r} vs model {ours!r}")
+        if mismatches:
+            raise ValueError(
+                f"The checkpoint in {path} was made for another model ({'; '.join(mismatches)}). Load it on the "
+                f"model it was trained on{', or pass check_model_name=False if only the name differs' if len(mismatches) == 1 and mismatches[0].startswith('base_model') else ''}."
+            )
+        share = config["share_positions"]
+        by_layer = {}
+        for layer in config["layers"]:
+            spec = config["interventions"][_key(layer, None if share else "first")]
+            by_layer[layer] = build(spec["kind"], spec["config"])
+        reft = cls(model, by_layer, positions=config["positions"], share_positions=share)
+        state = load_file(str(path / WEIGHTS_FILE))
+        ours = reft.state_dict()
+        bad = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in ours.items() if k in state and state[k].shape != v.shape]
+        missing = sorted(set(ours) - set(state))
+        unexpected = sorted(set(state) - set(ours))
+        if bad or missing or unexpected:
+            raise ValueError(
+                f"The checkpoint in {path} does not fit: shape mismatches {bad or 'none'}; missing {missing or 'none'}; "
+                f"unexpected {unexpected or 'none'}."
+            )
+        reft.load_state_dict(state)
+        return reft
