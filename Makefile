@@ -25,8 +25,11 @@ $(STAMP): pyproject.toml constraints.txt scripts/install_env.sh
 	PYTHON="$(PYTHON)" bash scripts/install_env.sh "$(VENV)"
 	@touch "$@"
 
+# As root (a container), JupyterLab refuses to start without --allow-root.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
+
 lab: setup
-	"$(VENV)/bin/jupyter" lab notebooks/ $(JUPYTER_ARGS)
+	"$(VENV)/bin/jupyter" lab notebooks/ $(ROOT_FLAG) $(JUPYTER_ARGS)
 
 test: setup
 	"$(VENV)/bin/python" -m pytest $(PYTEST_ARGS)
