@@ -137,6 +137,7 @@ def test_course_model_is_pinned_the_same_everywhere():
     assert models.COURSE_WHEEL in (ROOT / "README.md").read_text()
 
 
+@pytest.mark.filterwarnings("ignore:pkg_resources is deprecated")
 def test_eval_extra_imports():
     # alpaca-eval 0.6 imports pkg_resources, which setuptools 82 removed: pyproject bounds setuptools.
     import alpaca_eval  # noqa: F401  (a plain import: importorskip would turn that ImportError into a skip)
