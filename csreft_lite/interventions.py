@@ -248,9 +248,10 @@ class CSReFT(nn.Module):
     @contextmanager
     def force_gates(self, gates) -> Iterator["CSReFT"]:
         """Fix the gates by hand, e.g. ``with cs.force_gates([1, 0, 0, 0]):`` switches one skill on."""
-        g = torch.as_tensor(gates, dtype=torch.float32).reshape(-1, self.n_subspaces)
-        if g.shape[0] != 1:
-            raise ValueError(f"force_gates takes one gate per subspace ({self.n_subspaces} values), got {tuple(g.shape)}.")
+        g = torch.as_tensor(gates, dtype=torch.float32)
+        if g.numel() != self.n_subspaces:
+            raise ValueError(f"force_gates takes one gate per subspace ({self.n_subspaces} values), got {g.numel()}.")
+        g = g.reshape(1, self.n_subspaces)
         previous, self.forced_gates = self.forced_gates, g
         try:
             yield self

@@ -1,0 +1,51 @@
+"""Tiny random causal LMs built from configs: fast stand-ins for real models in unit tests."""
+
+import torch
+
+
+def tiny_llama(seed: int = 0, hidden: int = 32, layers: int = 4, vocab: int = 101):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    config._name_or_path = f"tiny-llama-{hidden}x{layers}"
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_model(arch: str, seed: int = 0):
+    """A tiny model of another architecture (layers live under other names)."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    if arch == "gpt2":
+        config = tf.GPT2Config(vocab_size=101, n_embd=32, n_layer=3, n_head=4, n_positions=128)
+        return tf.GPT2LMHeadModel(config).eval()
+    if arch == "gpt_neox":
+        config = tf.GPTNeoXConfig(vocab_size=101, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64)
+        return tf.GPTNeoXForCausalLM(config).eval()
+    if arch == "qwen2":
+        config = tf.Qwen2Config(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2)
+        return tf.Qwen2ForCausalLM(config).eval()
+    if arch == "mistral":
+        config = tf.MistralConfig(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2)
+        return tf.MistralForCausalLM(config).eval()
+    raise ValueError(arch)
+
+
+def randomize(reft, scale: float = 0.3, seed: int = 1) -> None:
+    """Move every intervention parameter away from its (identity) initial value."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in reft.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=generator))
