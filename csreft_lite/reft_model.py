@@ -95,6 +95,7 @@ class ReftModel(nn.Module):
         model.requires_grad_(False)
         self._where: PositionIndex | None = None
         self._handles: list = []
+        self._enabled = True
         self.attach()
 
     # ------------------------------------------------------------ hooks
@@ -124,7 +125,7 @@ class ReftModel(nn.Module):
         def hook(module, args, output):
             where = self._where
             hidden = hidden_of(output)
-            if where is None or hidden.shape[1] != where.seq_len:
+            if where is None or not self._enabled or hidden.shape[1] != where.seq_len:
                 return None  # not ours (no ReftModel call active) or a cached decode step
             if self.share_positions:
                 new = edit_at(hidden, where, self.interventions[_key(layer, None)])
@@ -152,13 +153,11 @@ class ReftModel(nn.Module):
     @contextmanager
     def disabled(self) -> Iterator[None]:
         """Run the base model without edits inside this block, e.g. for before/after comparisons."""
-        handles, self._handles = self._handles, []
-        for handle in handles:
-            handle.remove()
+        self._enabled = False
         try:
             yield
         finally:
-            self.attach()
+            self._enabled = True
 
     # ------------------------------------------------------------ forward and generate
 

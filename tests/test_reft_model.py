@@ -1,0 +1,322 @@
+"""ReftModel on tiny random models: positions, padding, removal, generation, save/load, bad input."""
+
+import json
+
+import pytest
+import torch
+
+import csreft_lite as cl
+from csreft_lite.hooks import Positions, resolve_positions
+
+from .tiny import randomize, tiny_llama, tiny_model
+
+D = 32
+
+
+@pytest.fixture
+def model():
+    return tiny_llama()
+
+
+def make_reft(model, positions="f3+l3", share=True, kinds=("LoReFT", "CSReFT")):
+    built = {"LoReFT": lambda: cl.LoReFT(D, 4), "DiReFT": lambda: cl.DiReFT(D, 4), "CSReFT": lambda: cl.CSReFT(D, 2, 3)}
+    reft = cl.ReftModel(model, {layer: built[k]() for layer, k in zip((1, 2), kinds)}, positions=positions, share_positions=share)
+    randomize(reft)
+    return reft
+
+
+def ids(batch=2, seq=12, seed=0):
+    return torch.randint(3, 101, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------ positions
+
+
+def test_positions_parse_and_print():
+    assert Positions.parse("f5+l5") == Positions(5, 5)
+    assert Positions.parse("l1") == Positions(0, 1)
+    assert str(Positions.parse("F3")) == "f3"
+    assert Positions.parse("all").all
+    for bad in ("x5", "f0", "", "f5+l5+m2"):
+        with pytest.raises(ValueError, match="positions|select no token"):
+            Positions.parse(bad)
+
+
+def test_positions_right_and_left_padding_point_at_the_same_tokens():
+    right = torch.tensor([[1, 1, 1, 1, 1, 0, 0]])
+    left = torch.tensor([[0, 0, 1, 1, 1, 1, 1]])
+    r = resolve_positions("f2+l2", right)
+    lft = resolve_positions("f2+l2", left)
+    assert r.index[0].tolist() == [0, 1, 3, 4]
+    assert lft.index[0].tolist() == [2, 3, 5, 6]
+    assert r.mask.all() and lft.mask.all()
+
+
+def test_short_prompts_edit_each_position_once():
+    where = resolve_positions("f3+l3", torch.ones(1, 4, dtype=torch.long))
+    edited = where.index[0][where.mask[0]].tolist()
+    assert sorted(edited) == [0, 1, 2, 3] and len(edited) == len(set(edited))
+
+
+def test_prompt_lengths_limit_positions_to_the_prompt():
+    where = resolve_positions("l2", torch.ones(1, 10, dtype=torch.long), torch.tensor([6]))
+    assert where.index[0].tolist() == [4, 5]
+
+
+def test_positions_past_the_sequence_are_refused():
+    with pytest.raises(ValueError, match="Positions past the sequence.*example 1"):
+        resolve_positions("f2", torch.ones(2, 5, dtype=torch.long), torch.tensor([3, 9]))
+
+
+# ------------------------------------------------------------------ the base model is never modified
+
+
+def test_remove_restores_bit_identical_logits(model):
+    x = ids()
+    base = model(x).logits
+    reft = make_reft(model)
+    edited = reft(x).logits
+    assert not torch.allclose(edited, base)
+    reft.remove()
+    assert torch.equal(model(x).logits, base)
+
+
+def test_with_block_and_disabled_restore_the_base_model(model):
+    x = ids()
+    base = model(x).logits
+    with make_reft(model) as reft:
+        with reft.disabled():
+            assert torch.equal(reft(x).logits, base)
+        assert not torch.allclose(reft(x).logits, base)
+    assert torch.equal(model(x).logits, base)
+
+
+def test_calling_the_base_model_directly_is_not_edited(model):
+    x = ids()
+    base = model(x).logits
+    reft = make_reft(model)
+    reft(x)
+    assert torch.equal(model(x).logits, base)  # hooks act only inside ReftModel calls
+
+
+def test_base_weights_frozen_and_only_interventions_train(model):
+    reft = make_reft(model)
+    assert not any(p.requires_grad for p in model.parameters())
+    names = [n for n, _ in reft.named_parameters()]
+    assert names and all(n.startswith("interventions.") for n in names)
+
+
+def test_only_the_chosen_positions_change(model):
+    x = ids(batch=1, seq=12)
+    with cl.record(model, [1]) as before:
+        model(x)
+    reft = make_reft(model, positions="f2+l2")
+    with cl.record(model, [1]) as after:
+        reft(x)
+    changed = (after[1] - before[1]).abs().amax(-1)[0] > 0
+    assert changed.nonzero().flatten().tolist() == [0, 1, 10, 11]
+
+
+# ------------------------------------------------------------------ padding
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_left_and_right_padding_give_the_same_edited_logits(model, share):
+    x = ids(batch=2, seq=12)
+    short = 8
+    right, mask_r = x.clone(), torch.ones_like(x)
+    right[1, short:], mask_r[1, short:] = 0, 0
+    left, mask_l = x.clone(), torch.ones_like(x)
+    left[1] = torch.cat([torch.zeros(12 - short, dtype=torch.long), x[1, :short]])
+    mask_l[1, : 12 - short] = 0
+    reft = make_reft(model, share=share)
+    out_r = reft(right, mask_r).logits
+    out_l = reft(left, mask_l).logits
+    assert torch.allclose(out_r[0], out_l[0], atol=1e-5)
+    assert torch.allclose(out_r[1, :short], out_l[1, 12 - short:], atol=1e-5)
+
+
+def test_untied_positions_use_separate_copies(model):
+    reft = make_reft(model, share=False)
+    keys = set(reft.interventions)
+    assert {"layer1_first", "layer1_last", "layer2_first", "layer2_last"} == keys
+    a, b = reft.interventions["layer1_first"], reft.interventions["layer1_last"]
+    assert a is not b and a.W.data_ptr() != b.W.data_ptr()
+
+
+# ------------------------------------------------------------------ loss
+
+
+def test_loss_matches_the_full_model_cross_entropy_on_response_tokens(model):
+    x = ids(batch=2, seq=12)
+    labels = x.clone()
+    labels[:, :7] = -100
+    reft = make_reft(model)
+    out = reft(x, labels=labels, prompt_lengths=torch.tensor([7, 7]))
+    logits = reft(x, prompt_lengths=torch.tensor([7, 7])).logits
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 101), labels[:, 1:].reshape(-1), ignore_index=-100)
+    assert torch.allclose(out.loss, expected, atol=1e-5)
+    assert out.n_tokens == 2 * 5
+
+
+def test_penalty_is_added_to_the_loss(model):
+    reft = cl.ReftModel(model, {1: cl.CSReFT(D, 2, 3, sparsity=0.5)}, positions="f2")
+    x = ids()
+    labels = x.clone()
+    out = reft(x, labels=labels)
+    assert out.penalty is not None and torch.allclose(out.loss, out.ce_loss + out.penalty)
+
+
+def test_all_labels_masked_is_refused(model):
+    reft = make_reft(model)
+    x = ids()
+    with pytest.raises(ValueError, match="no response token"):
+        reft(x, labels=torch.full_like(x, -100))
+
+
+def test_gradients_reach_every_intervention(model):
+    reft = make_reft(model, share=False)
+    x = ids()
+    labels = x.clone()
+    labels[:, :6] = -100
+    reft(x, labels=labels, prompt_lengths=torch.tensor([6, 6])).loss.backward()
+    for name, p in reft.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+# ------------------------------------------------------------------ generation
+
+
+def test_generate_edits_the_prompt_only_and_matches_a_manual_loop(model):
+    x = ids(batch=1, seq=10)
+    reft = make_reft(model)
+    out = reft.generate(x, max_new_tokens=4, do_sample=False)
+    # Manual greedy decoding: recompute the whole sequence each step with edits on the prompt only.
+    seq = x
+    for _ in range(4):
+        logits = reft(seq, prompt_lengths=torch.tensor([10])).logits
+        seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, seq)
+
+
+def test_batched_left_padded_generation_matches_one_by_one(model):
+    reft = make_reft(model)
+    a, b = ids(1, 10, seed=1), ids(1, 7, seed=2)
+    batch = torch.zeros(2, 10, dtype=torch.long)
+    mask = torch.zeros(2, 10, dtype=torch.long)
+    batch[0], mask[0] = a[0], 1
+    batch[1, 3:], mask[1, 3:] = b[0], 1
+    together = reft.generate(batch, mask, max_new_tokens=3, do_sample=False)
+    alone_b = reft.generate(b, max_new_tokens=3, do_sample=False)
+    assert torch.equal(together[1, 10:], alone_b[0, 7:])
+
+
+def test_generate_refuses_right_padding(model):
+    reft = make_reft(model)
+    x = ids()
+    mask = torch.ones_like(x)
+    mask[1, -2:] = 0
+    with pytest.raises(ValueError, match="left padding"):
+        reft.generate(x, mask, max_new_tokens=2)
+
+
+# ------------------------------------------------------------------ save and load
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_save_then_load_gives_identical_outputs(model, tmp_path, share):
+    x = ids()
+    reft = make_reft(model, share=share)
+    expected = reft(x).logits
+    reft.save(tmp_path / "ckpt")
+    reft.remove()
+    config = json.loads((tmp_path / "ckpt" / "reft_config.json").read_text())
+    assert config["base_model"] == "tiny-llama-32x4" and config["hidden_size"] == D
+    assert not list(tmp_path.glob("ckpt/*.bin")) and not list(tmp_path.glob("ckpt/*.pt"))
+    loaded = cl.ReftModel.load(tmp_path / "ckpt", model)
+    assert torch.equal(loaded(x).logits, expected)
+
+
+def test_loading_into_another_model_names_both_sides(model, tmp_path):
+    make_reft(model).save(tmp_path / "ckpt")
+    other = tiny_llama(hidden=48)
+    with pytest.raises(ValueError, match=r"hidden_size: checkpoint 32 vs model 48"):
+        cl.ReftModel.load(tmp_path / "ckpt", other)
+    renamed = tiny_llama()
+    renamed.config._name_or_path = "someone-else"
+    with pytest.raises(ValueError, match="base_model: checkpoint 'tiny-llama-32x4' vs model 'someone-else'.*check_model_name=False"):
+        cl.ReftModel.load(tmp_path / "ckpt", renamed)
+    cl.ReftModel.load(tmp_path / "ckpt", renamed, check_model_name=False)
+
+
+def test_loading_mismatched_shapes_is_refused(model, tmp_path):
+    make_reft(model).save(tmp_path / "ckpt")
+    config_file = tmp_path / "ckpt" / "reft_config.json"
+    config = json.loads(config_file.read_text())
+    config["interventions"]["layer1"]["config"]["rank"] = 2
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="shape mismatches"):
+        cl.ReftModel.load(tmp_path / "ckpt", tiny_llama())
+
+
+def test_loading_from_an_empty_folder_is_clear(tmp_path, model):
+    with pytest.raises(FileNotFoundError, match="No ReftModel checkpoint"):
+        cl.ReftModel.load(tmp_path, model)
+
+
+# ------------------------------------------------------------------ bad input and other models
+
+
+def test_wrong_layer_index_names_the_valid_range(model):
+    with pytest.raises(ValueError, match="Layer 7 does not exist: this model has 4 decoder layers, numbered 0 to 3"):
+        cl.ReftModel(model, {7: cl.LoReFT(D, 2)})
+
+
+def test_wrong_hidden_size_is_refused_at_construction(model):
+    with pytest.raises(ValueError, match="hidden size 16, but the model's hidden size is 32"):
+        cl.ReftModel(model, {1: cl.LoReFT(16, 2)})
+
+
+def test_empty_interventions_are_refused(model):
+    with pytest.raises(ValueError, match="at least one intervention"):
+        cl.ReftModel(model, {})
+
+
+def test_inputs_on_another_device_are_refused(model):
+    reft = make_reft(model)
+    fake = torch.ones(1, 4, dtype=torch.long, device="meta")
+    with pytest.raises(ValueError, match="input_ids are on meta but the model is on cpu"):
+        reft(fake)
+
+
+def test_bf16_model_with_float32_interventions(model):
+    model = model.to(torch.bfloat16)
+    reft = make_reft(model)
+    out = reft(ids()).logits
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    assert all(p.dtype == torch.float32 for p in reft.parameters())
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox", "qwen2", "mistral"])
+def test_other_architectures_are_found_and_restored(arch):
+    model = tiny_model(arch)
+    x = ids(seq=8)
+    base = model(x).logits
+    d = model.config.hidden_size
+    reft = cl.ReftModel(model, {1: cl.LoReFT(d, 2)}, positions="f2+l2")
+    randomize(reft)
+    assert not torch.allclose(reft(x).logits, base)
+    labels = x.clone()
+    labels[:, :4] = -100
+    reft(x, labels=labels, prompt_lengths=torch.tensor([4, 4])).loss.backward()
+    reft.remove()
+    assert torch.equal(model(x).logits, base)
+
+
+def test_summary_and_parameter_share(model):
+    reft = cl.ReftModel(model, {1: cl.LoReFT(D, 4)}, positions="f5+l5")
+    n = 4 * D * 2 + 4
+    assert reft.trainable_parameters() == n
+    base = sum(p.numel() for p in model.parameters())
+    assert reft.parameter_share() == pytest.approx(100 * n / base)
+    assert f"{n:,} trainable parameters" in reft.summary() and "layers [1]" in reft.summary()
