@@ -7,10 +7,12 @@ Only the interventions are trained; the base model stays frozen on its device.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
@@ -63,6 +65,7 @@ def train(
     accelerator=None,
     checkpoint_dir: str | None = None,
     save_every: int | None = None,
+    resume: bool = False,
 ) -> TrainHistory:
     """Train the interventions of ``reft`` on a tokenized ``dataset`` (from ``data.make_dataset``).
 
@@ -71,6 +74,11 @@ def train(
     to 0 as in the LoReFT recipe (our QR-based orthonormal map is immune to it anyway).
     With ``checkpoint_dir`` and ``save_every``, the interventions are saved every
     ``save_every`` steps (and at the end) so a run can be resumed with ``ReftModel.load``.
+    A checkpoint also holds the optimizer's moments (``optimizer.safetensors``) and the step
+    reached (``train_state.json``): ``resume=True`` continues from it, skipping the batches
+    already seen, so an interrupted run ends where an uninterrupted one would.
+    Under ``accelerate launch`` each process sees its shard of the data: ``epochs`` counts
+    passes over the whole data set, and ``max_steps`` optimiser steps.
     """
     from accelerate import Accelerator
 
@@ -87,12 +95,13 @@ def train(
     reft.model.to(accelerator.device)  # the frozen base lives outside the prepared module
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collator, generator=generator)
-    steps_per_epoch = math.ceil(len(loader) / grad_accum)
+    params = [p for p in reft.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    model, optimizer, loader = accelerator.prepare(reft, optimizer, loader)
+    steps_per_epoch = math.ceil(len(loader) / grad_accum)  # len(loader): this process's shard
     total = max(1, math.ceil(steps_per_epoch * epochs))
     if max_steps is not None:
         total = min(total, max_steps)
-    params = [p for p in reft.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     warmup = int(warmup_ratio * total)
 
     def lr_factor(step: int) -> float:
@@ -102,25 +111,31 @@ def train(
             return 1.0
         return max(0.0, (total - step) / max(1, total - warmup))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    model, optimizer, loader, scheduler = accelerator.prepare(reft, optimizer, loader, scheduler)
-    history = TrainHistory()
+    done = _restore(accelerator, model, optimizer, checkpoint_dir) if resume and checkpoint_dir else 0
+    # Stepped by us once per optimiser step (not prepared: Accelerate would step it once per process).
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor, last_epoch=done - 1 if done else -1)
+    history = TrainHistory(steps=done)
     bar = _progress(total, progress and accelerator.is_local_main_process)
+    bar.update(done)
+    skip = (done // steps_per_epoch) * len(loader) + (done % steps_per_epoch) * grad_accum  # micro-batches seen
     start = time.perf_counter()
     model.train()
     running, micro = 0.0, 0
     while history.steps < total:
         for batch in loader:
+            if skip:  # resuming: replay the data order without computing
+                skip -= 1
+                continue
             with accelerator.accumulate(model):
                 out = model(**batch)
                 accelerator.backward(out.loss)
-                optimizer.step()
-                scheduler.step()
+                optimizer.step()  # a no-op until the last micro-batch of an accumulation
                 optimizer.zero_grad()
             running += out.loss.item()
             micro += 1
             history.tokens += out.n_tokens
             if accelerator.sync_gradients:
+                scheduler.step()
                 history.steps += 1
                 history.losses.append(running / micro)
                 history.learning_rates.append(scheduler.get_last_lr()[0])
@@ -128,21 +143,56 @@ def train(
                 bar.update(1)
                 bar.set_postfix(loss=f"{history.losses[-1]:.3f}")
                 if checkpoint_dir and save_every and history.steps % save_every == 0:
-                    _save(accelerator, model, checkpoint_dir)
+                    _save(accelerator, model, optimizer, checkpoint_dir, history.steps)
                 if history.steps >= total:
                     break
     bar.close()
     model.eval()
     history.seconds = time.perf_counter() - start
     if checkpoint_dir:
-        _save(accelerator, model, checkpoint_dir)
+        _save(accelerator, model, optimizer, checkpoint_dir, history.steps)
     return history
 
 
-def _save(accelerator, model, path: str) -> None:
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "train_state.json"
+
+
+def _save(accelerator, model, optimizer, path: str, step: int) -> None:
+    """Interventions (``ReftModel.save``), AdamW's moments (safetensors) and the step (JSON): no pickles."""
+    from safetensors.torch import save_file
+
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save(path)
+        state = optimizer.state_dict()
+        tensors = {
+            f"{i}.{name}": torch.as_tensor(value).detach().cpu().contiguous()
+            for i, slots in state["state"].items()
+            for name, value in slots.items()
+        }
+        save_file(tensors, str(Path(path) / OPTIMIZER_FILE))
+        (Path(path) / STATE_FILE).write_text(json.dumps({"step": step, "param_groups": state["param_groups"]}, indent=1))
+
+
+def _restore(accelerator, model, optimizer, path: str) -> int:
+    """Load a checkpoint written by ``_save`` into the prepared model and optimizer; return its step (0 if none)."""
+    from safetensors.torch import load_file
+
+    from .reft_model import WEIGHTS_FILE
+
+    path = Path(path)
+    if not (path / STATE_FILE).is_file():
+        return 0  # nothing to resume: a fresh run
+    meta = json.loads((path / STATE_FILE).read_text())
+    reft = accelerator.unwrap_model(model)
+    reft.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+    state: dict = {}
+    for key, value in load_file(str(path / OPTIMIZER_FILE)).items():
+        i, name = key.split(".", 1)
+        state.setdefault(int(i), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return int(meta["step"])
 
 
 def _progress(total: int, enabled: bool):
