@@ -3,7 +3,7 @@
 import torch
 
 
-def tiny_llama(seed: int = 0, hidden: int = 32, layers: int = 4, vocab: int = 101):
+def tiny_llama(seed: int = 0, hidden: int = 32, layers: int = 4, vocab: int = 101, init: float = 0.02):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -18,6 +18,7 @@ def tiny_llama(seed: int = 0, hidden: int = 32, layers: int = 4, vocab: int = 10
         pad_token_id=0,
         eos_token_id=1,
         bos_token_id=2,
+        initializer_range=init,
     )
     config._name_or_path = f"tiny-llama-{hidden}x{layers}"
     return LlamaForCausalLM(config).eval()

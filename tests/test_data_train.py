@@ -1,0 +1,144 @@
+"""Data preparation and the training loop, on the course model's tokenizer and a tiny random model."""
+
+import warnings
+
+import pytest
+import torch
+
+import csreft_lite as cl
+from csreft_lite import data, evaluate, train
+
+from .tiny import tiny_llama
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from transformers import AutoTokenizer
+
+    cl.load_course_model  # the tokenizer comes from the course model's cache
+    from csreft_lite.models import course_model_cache
+
+    if not course_model_cache().exists():
+        cl.load_course_model()
+    tokenizer = AutoTokenizer.from_pretrained(course_model_cache())
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    return tokenizer
+
+
+RECORDS = [{"instruction": "Name a red fruit.", "output": "Cherry"}, {"instruction": "Say hi.", "output": "Hi there, my good friend, how are you today?"}]
+
+
+def test_labels_cover_the_response_only(tok):
+    row = data.tokenize_example(tok, RECORDS[0])
+    n = row["prompt_length"]
+    assert all(label == -100 for label in row["labels"][:n])
+    response = [t for t in row["labels"][n:]]
+    assert tok.decode(response) == "Cherry" + tok.eos_token
+    assert row["input_ids"][n:] == response
+    prompt = tok.decode(row["input_ids"][:n])
+    assert prompt == data.format_prompt(tok, "Name a red fruit.") and prompt.endswith("assistant\n")
+
+
+def test_chat_messages_records(tok):
+    messages = [{"role": "user", "content": "Name a red fruit."}, {"role": "assistant", "content": "Cherry"}]
+    a = data.tokenize_example(tok, {"messages": messages})
+    b = data.tokenize_example(tok, RECORDS[0])
+    assert a == b
+
+
+def test_plain_and_alpaca_templates(tok):
+    assert "### Instruction:\nSay hi." in data.format_prompt(tok, "Say hi.", template="alpaca")
+    assert data.format_prompt(tok, "Q: {x}", template="plain") == "Q: {x}\n"
+    with pytest.raises(ValueError, match="Unknown template"):
+        data.format_prompt(tok, "x", template="no field here")
+
+
+def test_truncation_warns_and_long_prompts_are_dropped(tok):
+    long = {"instruction": "Say hi.", "output": "word " * 200}
+    with pytest.warns(UserWarning, match="1 of 2 responses were cut at max_length=48"):
+        ds = data.make_dataset([long, RECORDS[0]], tok, max_length=48)
+    assert max(len(r) for r in ds["input_ids"]) == 48
+    with pytest.warns(UserWarning, match="dropped"):
+        data.make_dataset([{"instruction": "x " * 100, "output": "y"}, RECORDS[0]], tok, max_length=40)
+
+
+def test_empty_and_malformed_data_sets_are_refused(tok):
+    with pytest.raises(ValueError, match="empty"):
+        data.make_dataset([], tok)
+    with pytest.raises(ValueError, match="'instruction' and 'output'"):
+        data.make_dataset([{"question": "x", "answer": "y"}], tok)
+    with pytest.raises(ValueError, match="No example fits"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data.make_dataset([{"instruction": "x " * 100, "output": "y"}], tok, max_length=20)
+
+
+def test_collator_pads_both_sides_and_keeps_prompt_lengths(tok):
+    ds = data.make_dataset(RECORDS, tok)
+    rows = [ds[0], ds[1]]
+    right = data.collator_for(tok)(rows)
+    left = data.collator_for(tok, padding_side="left")(rows)
+    for batch in (right, left):
+        assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+        assert batch["prompt_lengths"].tolist() == [rows[0]["prompt_length"], rows[1]["prompt_length"]]
+        assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+    short = int(right["attention_mask"].sum(1).argmin())
+    assert right["attention_mask"][short, -1] == 0 and left["attention_mask"][short, 0] == 0
+
+
+def test_show_positions_lists_the_edited_tokens(tok):
+    shown = data.show_positions(tok, "Say hi.", "f2+l2")
+    assert [text for _, text in shown][:2] == ["<|im_start|>", "system"]
+    assert shown[-1][1] == "\n" and len(shown) == 4
+
+
+def _tiny_dataset(n=16):
+    rows = []
+    for i in range(n):
+        prompt = [3 + (i % 5), 10, 11, 12]
+        response = [20 + (i % 5), 1]
+        rows.append({"input_ids": prompt + response, "labels": [-100] * 4 + response, "prompt_length": 4})
+    return rows
+
+
+def test_training_lowers_the_loss_and_is_seeded():
+    def run(seed):
+        model = tiny_llama(init=0.3)  # larger weights than the default 0.02, so edits can move the logits
+        reft = cl.ReftModel(model, {1: cl.LoReFT(32, 4), 3: cl.LoReFT(32, 4)}, positions="f2+l2")
+        collate = data.Collator(pad_token_id=0)
+        return train.train(reft, _tiny_dataset(), collator=collate, epochs=4, batch_size=4, lr=1e-2, seed=seed, progress=False)
+
+    a, b = run(0), run(0)
+    assert a.losses == b.losses and len(a) == 4 * 4
+    assert a.final_loss < 0.8 * a.losses[0]
+    assert a.tokens == 4 * 16 * 2
+
+
+def test_gradient_accumulation_counts_optimizer_steps():
+    reft = cl.ReftModel(tiny_llama(), {1: cl.LoReFT(32, 2)}, positions="l2")
+    history = train.train(reft, _tiny_dataset(), collator=data.Collator(0), epochs=1, batch_size=2, grad_accum=4, progress=False)
+    assert history.steps == 2 and len(history.losses) == 2
+
+
+def test_training_on_an_empty_data_set_is_refused():
+    reft = cl.ReftModel(tiny_llama(), {1: cl.LoReFT(32, 2)})
+    with pytest.raises(ValueError, match="empty"):
+        train.train(reft, [], collator=data.Collator(0))
+
+
+def test_checkpoints_are_written_and_resumable(tmp_path):
+    reft = cl.ReftModel(tiny_llama(), {1: cl.LoReFT(32, 2)}, positions="l2")
+    train.train(reft, _tiny_dataset(), collator=data.Collator(0), max_steps=3, batch_size=4, checkpoint_dir=str(tmp_path / "c"), save_every=2, progress=False)
+    loaded = cl.ReftModel.load(tmp_path / "c", tiny_llama())
+    for (name, p), (_, q) in zip(reft.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(p, q), name
+
+
+def test_alpaca_eval_outputs_file(tmp_path):
+    path = evaluate.write_alpaca_eval_outputs(tmp_path / "out.json", ["a", "b"], ["x", "y"], generator="me")
+    import json
+
+    records = json.loads(path.read_text())
+    assert records[0] == {"instruction": "a", "output": "x", "generator": "me", "dataset": "helpful_base"}
+    with pytest.raises(ValueError, match="pair up"):
+        evaluate.write_alpaca_eval_outputs(tmp_path / "bad.json", ["a"], [], generator="me")
