@@ -130,6 +130,12 @@ def test_package_version_is_the_library_version():
     assert metadata.version("csreft-lite") == csreft_lite.__version__
 
 
+def test_solutions_import_from_any_folder(tmp_path):
+    # Notebooks run with notebooks/ as their working folder and Colab installs the package,
+    # so csreft_lite.checks finds the reference answers only if `solutions` is installed with it.
+    subprocess.run([sys.executable, "-c", "import csreft_lite, solutions"], cwd=tmp_path, check=True)
+
+
 def test_course_model_is_pinned_the_same_everywhere():
     assert colab.COURSE_MODEL_WHEEL == models.COURSE_WHEEL
     assert f"COURSE_MODEL_WHEEL={models.COURSE_WHEEL}" in (ROOT / "scripts/install_env.sh").read_text()
