@@ -29,6 +29,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/install_env.sh
 ROOT_FLAG := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 
 lab: setup
+	@mkdir -p notebooks  # git keeps no empty folder; the server needs it
 	"$(VENV)/bin/jupyter" lab notebooks/ $(ROOT_FLAG) $(JUPYTER_ARGS)
 
 test: setup
