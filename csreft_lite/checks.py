@@ -109,3 +109,365 @@ def check_exercise(
             raise ExerciseError(f"✗ {name} is not right yet on {case.description}:\n  {problem}.\n  Hint: {hint}")
     print(f"✓ {name}: all {len(cases)} checks passed.")
     return fn
+
+
+# ---- notebook 03: multiple subspaces -----------------------------------------------------------
+
+
+def _compare_dicts(got: Any, expected: dict, atol: float = 1e-6) -> str | None:
+    if not isinstance(got, dict):
+        return f"expected a dict with keys {sorted(expected)}, got a {type(got).__name__}"
+    if set(got) != set(expected):
+        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+        return f"expected keys {sorted(expected)}; missing {missing or 'none'}, unexpected {extra or 'none'}"
+    for key in expected:
+        problem = compare(got[key], expected[key], atol=atol, rtol=0)
+        if problem:
+            return f"at key {key!r}: {problem}"
+    return None
+
+
+def check_interference(fn: Callable) -> Callable:
+    """Exercise (nb 03): per-skill accuracy drop from "trained alone" to "trained on the mixture"."""
+    cases = [
+        Case(({"a": 0.9, "b": 0.8, "mean": 0.85}, {"a": 0.5, "b": 0.8, "mean": 0.65}), "two skills, one hurt by the mixture"),
+        Case(({"a": 0.5, "b": 0.25, "c": 1.0, "mean": 0.5833}, {"a": 0.75, "b": 0.0, "c": 0.5, "mean": 0.4167}),
+             "three skills, one of them better in the mixture (a negative drop)"),
+        Case(({"x": 0.6}, {"x": 0.6, "y": 0.1}), "acc_mixed with an extra skill and no 'mean' key"),
+    ]
+
+    def properties(f, case):
+        return _compare_dicts(f(*case.args), reference("nb03_subspaces:interference")(*case.args))
+
+    hint = ("one entry per skill of acc_alone (skip the key 'mean'): alone minus mixed, so positive means "
+            "the mixture hurts; then 'mean', the plain average of those drops.")
+    return check_exercise(fn, "nb03_subspaces:interference", cases, hint, properties=properties)
+
+
+def check_orthogonal_subspaces(fn: Callable) -> Callable:
+    """Exercise (nb 03): k bases whose k·r rows are orthonormal together (any such bases pass)."""
+    gen = torch.Generator().manual_seed(3)
+    near = torch.randn(1, 2, 16, generator=gen).repeat(3, 1, 1) + 0.1 * torch.randn(3, 2, 16, generator=gen)
+    cases = [
+        Case((torch.randn(2, 3, 8, generator=gen),), "raw of shape (2, 3, 8): k=2 subspaces of rank 3 in d=8"),
+        Case((near,), "raw of shape (3, 2, 16) whose three subspaces start almost on top of each other"),
+        Case((torch.randn(4, 1, 4, generator=gen),), "raw of shape (4, 1, 4): k·r = d, the whole space"),
+    ]
+
+    def properties(f, case):
+        raw = case.args[0]
+        R = f(raw.clone())
+        k, r, d = raw.shape
+        if not torch.is_tensor(R) or R.shape != raw.shape:
+            return f"expected a tensor of shape {tuple(raw.shape)}, got {_shape(R)}"
+        flat = R.double().reshape(k * r, d)
+        gram = flat @ flat.T  # [k·r, k·r]: block (i, j) is Rᵢ Rⱼᵀ
+        for i in range(k):
+            block = gram[i * r:(i + 1) * r, i * r:(i + 1) * r]
+            err = (block - torch.eye(r, dtype=block.dtype)).abs().max().item()
+            if err > 1e-4:
+                return f"the rows of subspace {i} are not orthonormal: max |Rᵢ Rᵢᵀ − I| = {err:.3g}"
+        for i in range(k):
+            for j in range(i + 1, k):
+                err = gram[i * r:(i + 1) * r, j * r:(j + 1) * r].abs().max().item()
+                if err > 1e-4:
+                    return f"subspaces {i} and {j} are not orthogonal to each other: max |Rᵢ Rⱼᵀ| = {err:.3g}"
+        rows = raw.double().reshape(k * r, d)
+        outside = (rows - rows @ flat.T @ flat).norm().item() / rows.norm().item()
+        if outside > 1e-4:
+            return (f"the bases are orthonormal but do not span the rows of raw: {outside:.2%} of raw lies "
+                    f"outside them (build them from raw, not from scratch)")
+        return None
+
+    hint = ("stack the k bases into one [k·r, d] matrix and orthonormalise its rows all together "
+            "(torch.linalg.qr of the transpose), then reshape back to [k, r, d].")
+    return check_exercise(fn, "nb03_subspaces:orthogonal_subspaces", cases, hint, properties=properties)
+
+
+def check_subspace_overlap(fn: Callable) -> Callable:
+    """Exercise (nb 03): the [k, k] matrix of overlaps ‖Rᵢ Rⱼᵀ‖_F / √r."""
+    gen = torch.Generator().manual_seed(4)
+
+    def bases(k, r, d):
+        from csreft_lite.interventions import orthonormal_rows
+
+        return torch.stack([orthonormal_rows(torch.randn(r, d, generator=gen)) for _ in range(k)])
+
+    same = bases(1, 2, 6)
+    cases = [
+        Case((bases(3, 2, 6),), "3 random orthonormal bases of rank 2 in d=6"),
+        Case((torch.cat([same, same, bases(1, 2, 6)]),), "3 bases of rank 2 in d=6, the first two identical"),
+        Case((torch.eye(4).reshape(2, 2, 4),), "2 mutually orthogonal bases of rank 2 in d=4"),
+        Case((bases(2, 1, 5),), "2 bases of rank 1 in d=5"),
+    ]
+    hint = ("for every pair (i, j) take the r×r matrix Rᵢ Rⱼᵀ, its Frobenius norm, divided by √r, "
+            "so a subspace overlaps itself by exactly 1.")
+    return check_exercise(fn, "nb03_subspaces:subspace_overlap", cases, hint)
+
+
+# ---- notebook 04: the router -------------------------------------------------------------------
+
+
+def check_gated_edit(fn: Callable) -> Callable:
+    """Exercise (nb 04): CS-ReFT's gated sum of k LoReFT edits."""
+    from csreft_lite.interventions import orthonormal_rows
+
+    gen = torch.Generator().manual_seed(5)
+
+    def params(n, k, r, d):
+        R = orthonormal_rows(torch.randn(k * r, d, generator=gen)).reshape(k, r, d)
+        return (torch.randn(n, d, generator=gen), R, torch.randn(k, r, d, generator=gen), torch.randn(k, r, generator=gen))
+
+    h, R, W, b = params(4, 3, 2, 8)
+    cases = [
+        Case((h, R, W, b, torch.ones(4, 3)), "n=4 states, k=3 subspaces of rank 2, d=8, every gate 1"),
+        Case((h, R, W, b, torch.zeros(4, 3)), "the same states with every gate 0 (the edit must vanish)"),
+        Case((h, R, W, b, torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [0.5, 0, 0.5]])),
+             "the same states, a different gate pattern per example"),
+        Case((*params(2, 2, 3, 10), torch.rand(2, 2, generator=gen)), "n=2, k=2, rank 3, d=10, random gates in [0, 1]"),
+    ]
+    hint = ("for each subspace i: zᵢ = Wᵢh + bᵢ − Rᵢh (shape [n, r]), scale it by that example's gate gᵢ, "
+            "map it back with Rᵢ (zᵢ Rᵢ, shape [n, d]) and add the k results to h. torch.einsum helps.")
+    return check_exercise(fn, "nb04_router:gated_edit", cases, hint)
+
+
+def check_router_gates(fn: Callable) -> Callable:
+    """Exercise (nb 04): the router's gates from the edited positions' hidden states."""
+    gen = torch.Generator().manual_seed(6)
+    h = 3.0 * torch.randn(2, 5, 8, generator=gen) + 1.0
+    weight, bias = torch.randn(3, 8, generator=gen), torch.randn(3, generator=gen)
+    full = torch.ones(2, 5, dtype=torch.bool)
+    padded = torch.tensor([[True] * 5, [False, False, True, True, True]])
+    cases = [
+        Case((h, full, weight, bias), "batch of 2, 5 positions each, no padding, k=3, d=8"),
+        Case((h, padded, weight, bias), "the same batch where the 2nd example's first 2 positions are padding (mask False)"),
+        Case((100.0 * h, full, weight, bias), "hidden states 100× larger (the layer norm should make the gates the same)"),
+    ]
+    hint = ("average h over the positions where mask is True (divide by their number, not by n), then "
+            "F.layer_norm(summary, (d,)), then summary @ weight.T + bias, then torch.sigmoid.")
+    return check_exercise(fn, "nb04_router:router_gates", cases, hint, atol=1e-5)
+
+
+def check_sparsity_penalty(fn: Callable) -> Callable:
+    """Exercise (nb 04): λ times the mean over examples of the summed gates."""
+    gen = torch.Generator().manual_seed(7)
+    cases = [
+        Case((torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]]), 0.1), "2 examples, k=4, hard gates, λ=0.1"),
+        Case((torch.rand(5, 3, generator=gen), 0.01), "5 examples, k=3, soft gates, λ=0.01"),
+        Case((torch.rand(3, 4, generator=gen), 0.0), "λ=0 (no penalty)"),
+    ]
+    hint = "sum the gates over the k subspaces for each example, average over the examples, multiply by λ."
+    return check_exercise(fn, "nb04_router:sparsity_penalty", cases, hint, atol=1e-6)
+
+
+# ---------------------------------------------------------------- notebook 01: hidden-state interventions
+
+
+def _nb01_tiny_llama(seed: int = 0, layers: int = 3):
+    """A tiny random Llama (hidden size 16): the record exercise runs on it in milliseconds."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(config).eval()
+
+
+def _hook_count(model) -> int:
+    from .models import decoder_layers
+
+    return sum(len(block._forward_hooks) for block in decoder_layers(model))
+
+
+def check_record_hidden(fn: Callable) -> Callable:
+    """Exercise ``record_hidden(model, layer, input_ids) -> [batch, seq, d]`` (notebook 01)."""
+    solution = "nb01_interventions:record_hidden"
+    model = _nb01_tiny_llama()
+    gen = torch.Generator().manual_seed(1)
+    cases = [
+        Case((model, 0, torch.randint(0, 50, (1, 5), generator=gen)), "a tiny random Llama (3 layers, d=16), layer 0, one prompt of 5 tokens"),
+        Case((model, 1, torch.randint(0, 50, (2, 7), generator=gen)), "the same model, layer 1, a batch of 2 prompts of 7 tokens"),
+        Case((model, 2, torch.randint(0, 50, (3, 4), generator=gen)), "the same model, its last layer (2), a batch of 3 prompts of 4 tokens"),
+    ]
+
+    def properties(f: Callable, case: Case) -> str | None:
+        m, layer, ids = case.args
+        before = _hook_count(m)
+        got = f(m, layer, ids)
+        if _hook_count(m) != before:
+            return f"{_hook_count(m) - before} hook(s) are still attached after your function returned; remove them (handle.remove())"
+        expected = reference(solution)(m, layer, ids)
+        if torch.is_tensor(got) and got.shape == expected.shape:
+            from .models import decoder_layers
+
+            inputs = {}
+            handle = decoder_layers(m)[layer].register_forward_pre_hook(lambda mod, args: inputs.setdefault("h", args[0]))
+            with torch.no_grad():
+                m(input_ids=ids)
+            handle.remove()
+            if torch.allclose(got, inputs["h"], atol=1e-5):
+                return "you returned the layer's input (args[0]); record its output instead"
+        if torch.is_tensor(got) and got.requires_grad:
+            return "the recorded tensor still requires grad; store output.detach() (or run under torch.no_grad())"
+        return compare(got, expected)
+
+    return check_exercise(fn, solution, cases, name="record_hidden", properties=properties,
+                          hint="register a forward hook on decoder_layers(model)[layer]; the hidden states are "
+                               "hidden_of(output); remove the hook when done.")
+
+
+def check_steer(fn: Callable) -> Callable:
+    """Exercise ``steer(h, vector, scale, positions=None) -> h'`` (notebook 01)."""
+    solution = "nb01_interventions:steer"
+    gen = torch.Generator().manual_seed(2)
+    h, v = torch.randn(2, 5, 8, generator=gen), torch.randn(8, generator=gen)
+    cases = [
+        Case((h, v, 3.0), "h of shape (2, 5, 8), scale 3.0, every position (positions=None)"),
+        Case((h, v, 2.0, slice(-1, None)), "h of shape (2, 5, 8), scale 2.0, the last position only (slice(-1, None))"),
+        Case((h, v, -1.5, slice(0, 2)), "h of shape (2, 5, 8), scale -1.5, the first two positions (slice(0, 2))"),
+    ]
+
+    def properties(f: Callable, case: Case) -> str | None:
+        h_in = case.args[0].clone()
+        got = f(h_in, *case.args[1:])
+        if not torch.equal(h_in, case.args[0]):
+            return "your function changed its input h in place; return a new tensor (h.clone() first, or h + ...)"
+        expected = reference(solution)(*case.args)
+        if torch.is_tensor(got) and got.shape == expected.shape:
+            vector, scale = case.args[1], case.args[2]
+            positions = case.args[3] if len(case.args) > 3 else None
+            if torch.allclose(got, reference(solution)(h_in, vector, -scale, positions), atol=1e-5):
+                return "the vector moved h the wrong way (check the sign of the scale)"
+            if positions is not None and torch.allclose(got, reference(solution)(h_in, vector, scale), atol=1e-5):
+                return "you added the vector at every position; add it only at h[:, positions]"
+        return compare(got, expected)
+
+    return check_exercise(fn, solution, cases, name="steer", properties=properties,
+                          hint="h + scale * vector broadcasts over batch and positions; for a slice, copy h and add at h[:, positions].")
+
+
+def check_difference_of_means(fn: Callable) -> Callable:
+    """Exercise ``difference_of_means(states_a, states_b) -> [d]`` (notebook 01)."""
+    solution = "nb01_interventions:difference_of_means"
+    gen = torch.Generator().manual_seed(3)
+    cases = [
+        Case((torch.randn(5, 8, generator=gen) + 1, torch.randn(3, 8, generator=gen)), "states_a (5, 8) and states_b (3, 8)"),
+        Case((torch.randn(2, 8, generator=gen), torch.randn(7, 8, generator=gen) - 2), "states_a (2, 8) and states_b (7, 8)"),
+    ]
+
+    def properties(f: Callable, case: Case) -> str | None:
+        got = f(*case.args)
+        expected = reference(solution)(*case.args)
+        if torch.is_tensor(got) and got.shape == expected.shape and torch.allclose(got, -expected, atol=1e-5):
+            return "your vector points the wrong way (it should point from set B towards set A)"
+        return compare(got, expected)
+
+    return check_exercise(fn, solution, cases, name="difference_of_means", properties=properties,
+                          hint="average each set over its examples (dimension 0), then subtract; the result has shape (d,).")
+
+
+# ---------------------------------------------------------------- notebook 02: orthonormal LoReFT
+
+
+def check_orthonormalize(fn: Callable) -> Callable:
+    """Exercise ``orthonormalize(A) -> R`` (notebook 02). Many answers are right: any ``R`` with
+    orthonormal rows spanning the row space of ``A``."""
+    gen = torch.Generator().manual_seed(4)
+    skewed = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.1, 0.0]])
+    cases = [
+        Case((torch.randn(2, 3, generator=gen),), "A of shape (2, 3), random"),
+        Case((skewed,), "A of shape (2, 3) whose two rows point almost the same way"),
+        Case((3 * torch.randn(4, 16, generator=gen),), "A of shape (4, 16), random, rows of length about 12"),
+        Case((torch.randn(1, 5, generator=gen),), "A of shape (1, 5): a single row"),
+    ]
+
+    def properties(f: Callable, case: Case) -> str | None:
+        A = case.args[0]
+        R = f(A.clone())
+        if not torch.is_tensor(R):
+            return f"expected a tensor, got a {type(R).__name__}"
+        if R.shape != A.shape:
+            hint = " (a transpose too many or too few)" if R.shape == A.T.shape else ""
+            return f"expected shape {tuple(A.shape)} (one orthonormal row per row of A), got {tuple(R.shape)}{hint}"
+        R, A = R.double(), A.double()
+        gram = R @ R.T
+        norms = gram.diagonal()
+        if not torch.allclose(norms, torch.ones_like(norms), atol=1e-4):
+            return f"the rows do not have length 1 (their lengths are {[round(x, 3) for x in norms.sqrt().tolist()]})"
+        off = (gram - torch.eye(len(R), dtype=R.dtype)).abs().max().item()
+        if off > 1e-4:
+            return f"the rows are not orthogonal: R Rᵀ differs from the identity by up to {off:.3g}"
+        P_R = R.T @ R  # projection onto the span of R's rows
+        P_A = A.T @ torch.linalg.solve(A @ A.T, A)  # projection onto the span of A's rows
+        gap = (P_R - P_A).abs().max().item()
+        if gap > 1e-4:
+            return f"R has orthonormal rows but spans another subspace than the rows of A (projections differ by up to {gap:.3g})"
+        return None
+
+    return check_exercise(fn, "nb02_loreft:orthonormalize", cases, name="orthonormalize", properties=properties,
+                          hint="Gram-Schmidt: for each row, subtract its components along the rows already done, "
+                               "then divide by its norm (torch.linalg.qr of Aᵀ works too).")
+
+
+def check_loreft_edit(fn: Callable) -> Callable:
+    """Exercise ``loreft_edit(h, R, W, b) -> Φ(h)`` (notebook 02)."""
+    solution = "nb02_loreft:loreft_edit"
+    ortho = reference("nb02_loreft:orthonormalize")
+    gen = torch.Generator().manual_seed(5)
+    d, r = 8, 2
+    R = ortho(torch.randn(r, d, generator=gen))
+    W, b = torch.randn(r, d, generator=gen), torch.randn(r, generator=gen)
+    cases = [
+        Case((torch.randn(d, generator=gen), R, W, b), "a single h of shape (8,), rank 2"),
+        Case((torch.randn(3, 5, d, generator=gen), R, W, b), "h of shape (3, 5, 8) = [batch, positions, d], rank 2"),
+        Case((torch.randn(4, d, generator=gen), R, R.clone(), torch.zeros(r)), "W = R and b = 0 (the edit must do nothing)"),
+    ]
+
+    def properties(f: Callable, case: Case) -> str | None:
+        h, R_, W_, b_ = case.args
+        got = f(h.clone(), R_, W_, b_)
+        expected = reference(solution)(h, R_, W_, b_)
+        if torch.is_tensor(got) and got.shape == expected.shape:
+            no_sub = h + (h @ W_.T + b_) @ R_
+            if not torch.allclose(expected, no_sub, atol=1e-4) and torch.allclose(got, no_sub, atol=1e-4):
+                return "you added Rᵀ(W h + b) without subtracting R h: that adds to the subspace coordinates instead of replacing them"
+            if torch.allclose(got, expected - h, atol=1e-4):
+                return "you returned only the change Rᵀ(W h + b − R h); Φ(h) is h plus that change"
+        return compare(got, expected)
+
+    return check_exercise(fn, solution, cases, name="loreft_edit", properties=properties,
+                          hint="with h as a row vector, W h is h @ W.T (shape [..., r]) and Rᵀ z is z @ R (shape [..., d]).")
+
+
+def check_loreft_parameters(fn: Callable) -> Callable:
+    """Exercise ``loreft_parameters(d_model, rank, n_interventions) -> int`` (notebook 02)."""
+    solution = "nb02_loreft:loreft_parameters"
+    cases = [
+        Case((576, 4, 1), "d_model=576, rank=4, one intervention"),
+        Case((576, 4, 4), "d_model=576, rank=4, 4 interventions"),
+        Case((4096, 8, 3), "d_model=4096, rank=8, 3 interventions"),
+    ]
+
+    def properties(f: Callable, case: Case) -> str | None:
+        got = f(*case.args)
+        d, r, n = case.args
+        expected = reference(solution)(*case.args)
+        if not isinstance(got, int) and not (torch.is_tensor(got) and got.numel() == 1):
+            return f"expected an int, got a {type(got).__name__}"
+        got = int(got)
+        if got == expected:
+            return None
+        diff = got - expected
+        known = {n * r: "one r too many per intervention (the bias b counted twice)",
+                 -n * r: "the bias b (r numbers per intervention) seems missing",
+                 -n * r * d: "one r×d matrix per intervention seems missing: LoReFT trains both R and W",
+                 n * r * d: "one r×d matrix too many per intervention: LoReFT trains R and W, two of them"}
+        if diff in known:
+            return f"your count is {'too large' if diff > 0 else 'too small'}: {known[diff]}"
+        if n > 1 and got * n == expected:
+            return "your count is too small: it looks like one intervention, not n_interventions"
+        return f"your count is {'too large' if diff > 0 else 'too small'}"
+
+    return check_exercise(fn, solution, cases, name="loreft_parameters", properties=properties,
+                          hint="list the trainable tensors of one LoReFT edit with their shapes, add up their sizes, "
+                               "then multiply by the number of interventions.")
