@@ -98,3 +98,78 @@ def write_alpaca_eval_outputs(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(records, indent=2, ensure_ascii=False))
     return path
+
+
+def _quiet_alpaca_eval_import() -> None:
+    """Import alpaca_eval once without its pkg_resources deprecation warning (alpaca-eval 0.6 still uses it)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+        import alpaca_eval.main  # noqa: F401
+        import alpaca_eval.utils  # noqa: F401
+
+
+def read_alpaca_eval_outputs(path: str | Path):
+    """Load a ``model_outputs`` file with alpaca_eval's own loader and check what its evaluator needs.
+
+    Returns the pandas DataFrame alpaca_eval would annotate: one row per instruction, with
+    ``instruction`` and ``output`` (strings) and a single ``generator`` name.
+    """
+    _quiet_alpaca_eval_import()
+    from alpaca_eval import utils
+
+    df = utils.load_or_convert_to_dataframe(Path(path))
+    missing = {"instruction", "output", "generator"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: alpaca_eval needs the columns {sorted(missing)}; found {sorted(df.columns)}.")
+    if df["instruction"].duplicated().any():
+        raise ValueError(f"{path}: an instruction appears twice; alpaca_eval merges outputs on the instruction.")
+    if not all(isinstance(o, str) for o in df["output"]):
+        raise ValueError(f"{path}: every output must be a string.")
+    if df["generator"].nunique() != 1:
+        raise ValueError(f"{path}: one file, one generator; found {sorted(df['generator'].unique())}.")
+    return df
+
+
+def win_rate(annotations) -> dict[str, float]:
+    """Win rate (in %) of ``output_2`` over ``output_1`` by alpaca_eval's own metric (``metrics.get_winrate``).
+
+    ``annotations``: records or a DataFrame with a ``preference`` column in alpaca_eval's
+    convention (1 = output_1 better, 2 = output_2 better, 1.5 or 0 = tie; values in between allowed).
+    """
+    _quiet_alpaca_eval_import()
+    from alpaca_eval import metrics
+
+    return {k: float(v) for k, v in metrics.get_winrate(annotations).items()}
+
+
+ALPACA_EVAL_1_ANNOTATOR = "alpaca_eval_gpt4"  # AlpacaEval 1.0: GPT-4 judge, reference text-davinci-003
+
+
+def alpaca_eval_1(model_outputs: str | Path, output_dir: str | Path, name: str | None = None) -> dict[str, float]:
+    """The AlpacaEval 1.0 win rate, as in the ReFT and CS-ReFT papers: GPT-4 judges against text-davinci-003.
+
+    Needs ``OPENAI_API_KEY`` (it calls GPT-4, ~805 requests) and the hub (the reference outputs).
+    Returns alpaca_eval's leaderboard row for this model (``win_rate``, ``standard_error``, ...).
+    """
+    import os
+
+    if not os.environ.get("OPENAI_API_KEY"):
+        raise RuntimeError("AlpacaEval's GPT-4 annotator needs OPENAI_API_KEY; without it use csreft_lite.judge (an approximation).")
+    _quiet_alpaca_eval_import()
+    from alpaca_eval import constants, main
+
+    leaderboard, _ = main.evaluate(
+        model_outputs=str(model_outputs),
+        reference_outputs=constants.ALPACAEVAL_REFERENCE_OUTPUTS_1,
+        annotators_config=ALPACA_EVAL_1_ANNOTATOR,
+        name=name,
+        output_path=str(output_dir),
+        fn_metric="get_winrate",
+        sort_by="win_rate",
+        is_cache_leaderboard=False,  # never write our row into the package's shipped leaderboard
+        is_return_instead_of_print=True,
+    )
+    row = leaderboard.loc[name or read_alpaca_eval_outputs(model_outputs)["generator"].iloc[0]]
+    return {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in row.items()}
