@@ -1,0 +1,158 @@
+"""Exercises of notebooks 01 and 02: every checker accepts the reference solution, rejects a
+plausible wrong answer with ExerciseError, and falls back to the reference on an unsolved stub;
+the notebooks' stubs keep the names and signatures of the functions in solutions/."""
+
+import ast
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from csreft_lite import checks
+from csreft_lite.hooks import hidden_of
+from csreft_lite.models import decoder_layers
+from solutions import nb01_interventions as s01
+from solutions import nb02_loreft as s02
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = {
+    "01_hidden_state_interventions.ipynb": (s01, ["record_hidden", "difference_of_means", "steer"]),
+    "02_orthonormal_loreft.ipynb": (s02, ["orthonormalize", "loreft_edit", "loreft_parameters"]),
+}
+
+
+def _record_without_remove(model, layer, input_ids):
+    store = {}
+    decoder_layers(model)[layer].register_forward_hook(lambda m, a, out: store.setdefault("h", hidden_of(out).detach()))
+    with torch.no_grad():
+        model(input_ids=input_ids)
+    return store["h"]
+
+
+def _record_input(model, layer, input_ids):
+    store = {}
+    handle = decoder_layers(model)[layer].register_forward_hook(lambda m, args, out: store.setdefault("h", args[0].detach()))
+    with torch.no_grad():
+        model(input_ids=input_ids)
+    handle.remove()
+    return store["h"]
+
+
+def _steer_in_place(h, vector, scale, positions=None):
+    h[:, slice(None) if positions is None else positions] += scale * vector
+    return h
+
+
+def _gram_schmidt_without_orthogonalising(A):
+    return A / A.norm(dim=1, keepdim=True)
+
+
+# checker name -> (reference, wrong answers that must fail)
+CASES = {
+    "record_hidden": (s01.record_hidden, [_record_without_remove, _record_input]),
+    "steer": (s01.steer, [
+        lambda h, v, s, positions=None: s01.steer(h, v, -s, positions),  # subtracts
+        lambda h, v, s, positions=None: h + s * v,  # ignores positions
+        _steer_in_place,  # right values, but edits its input
+    ]),
+    "difference_of_means": (s01.difference_of_means, [
+        lambda a, b: b.mean(0) - a.mean(0),  # wrong sign
+        lambda a, b: a.mean(-1) - b.mean(-1),  # wrong dimension
+    ]),
+    "orthonormalize": (s02.orthonormalize, [
+        _gram_schmidt_without_orthogonalising,
+        lambda A: torch.linalg.qr(A.T)[0],  # forgets to transpose back
+        lambda A: torch.eye(A.shape[1])[: A.shape[0]],  # orthonormal, but another subspace
+    ]),
+    "loreft_edit": (s02.loreft_edit, [
+        lambda h, R, W, b: h + (h @ W.T + b) @ R,  # forgets − R h
+        lambda h, R, W, b: h + (h @ W.T + b - h @ R.T) @ R * 0.5,
+        lambda h, R, W, b: (h @ W.T + b - h @ R.T) @ R,  # returns the change only
+    ]),
+    "loreft_parameters": (s02.loreft_parameters, [
+        lambda d, r, n: n * (2 * r * d + 2 * r),  # counts the bias twice
+        lambda d, r, n: n * (r * d + r),  # forgets W
+        lambda d, r, n: 2 * r * d + r,  # one intervention only
+    ]),
+}
+
+
+def _checker(name):
+    return getattr(checks, f"check_{name}")
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_checker_accepts_the_reference(name, capsys):
+    reference, _ = CASES[name]
+    assert _checker(name)(reference) is reference
+    assert "✓" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name,wrong", [(n, w) for n, (_, ws) in CASES.items() for w in ws])
+def test_checker_rejects_a_wrong_answer(name, wrong):
+    with pytest.raises(checks.ExerciseError) as err:
+        _checker(name)(wrong)
+    assert "Hint:" in str(err.value)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_unsolved_stub_falls_back_to_the_reference(name, capsys):
+    reference, _ = CASES[name]
+
+    def stub(*args, **kwargs):
+        raise NotImplementedError  # your code here
+
+    assert _checker(name)(stub) is reference
+    assert "not solved yet" in capsys.readouterr().out
+
+
+def test_orthonormalize_accepts_any_valid_basis():
+    import csreft_lite as cl
+
+    checks.check_orthonormalize(cl.orthonormal_rows)  # QR with sign fixes: another basis, same span
+    checks.check_orthonormalize(lambda A: -s02.orthonormalize(A))
+
+
+def test_wrong_answer_messages_do_not_print_the_expected_count():
+    with pytest.raises(checks.ExerciseError) as err:
+        checks.check_loreft_parameters(lambda d, r, n: n * (2 * r * d + 2 * r))
+    assert str(s02.loreft_parameters(576, 4, 1)) not in str(err.value)
+
+
+def _stubs(notebook: str) -> dict[str, ast.FunctionDef]:
+    cells = json.loads((ROOT / "notebooks" / notebook).read_text())["cells"]
+    found = {}
+    for cell in cells:
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"])
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:  # IPython magics; exercise cells are plain Python
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and any(isinstance(s, ast.Raise) for s in node.body):
+                found[node.name] = node
+    return found
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_notebook_stubs_match_solutions(notebook):
+    module, names = NOTEBOOKS[notebook]
+    stubs = _stubs(notebook)
+    assert set(names) <= set(stubs), f"{notebook} lacks the stubs {sorted(set(names) - set(stubs))}"
+    for name in names:
+        namespace = {}
+        stub = stubs[name]
+        exec(compile(ast.Module(body=[stub], type_ignores=[]), notebook, "exec"), namespace)
+        assert inspect.signature(namespace[name]) == inspect.signature(getattr(module, name)).replace(
+            return_annotation=inspect.Signature.empty,
+            parameters=[p.replace(annotation=inspect.Parameter.empty) for p in inspect.signature(getattr(module, name)).parameters.values()],
+        ), f"the stub {name} in {notebook} and solutions/{module.__name__.split('.')[-1]}.py have different signatures"
+        raises = [s for s in stub.body if isinstance(s, ast.Raise)]
+        assert raises and "NotImplementedError" in ast.unparse(raises[0]), f"the stub {name} must raise NotImplementedError"
+        assert f"checks.check_{name}({name})" in "".join(
+            "".join(c["source"]) for c in json.loads((ROOT / "notebooks" / notebook).read_text())["cells"]
+        ), f"{notebook} does not check {name} right after its stub"
