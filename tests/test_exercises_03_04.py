@@ -1,0 +1,162 @@
+"""Checkers of notebooks 03 and 04: the reference passes, a plausible wrong answer fails with a
+clear message, an unsolved stub falls back to the reference, and stubs match the solutions."""
+
+import __future__
+import ast
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from csreft_lite import checks
+from solutions import nb03_subspaces as nb03
+from solutions import nb04_router as nb04
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# Plausible mistakes, one per exercise (the kind a learner makes first).
+def _drop_wrong_sign(acc_alone, acc_mixed):
+    drops = {s: acc_mixed[s] - acc_alone[s] for s in acc_alone if s != "mean"}
+    return {**drops, "mean": sum(drops.values()) / len(drops)}
+
+
+def _orthonormal_within_each_only(raw):
+    return torch.stack([torch.linalg.qr(basis.T)[0].T for basis in raw])
+
+
+def _overlap_not_normalised(R):
+    return torch.einsum("ird,jsd->ijrs", R, R).pow(2).sum((-1, -2)).sqrt()
+
+
+def _edit_without_subtraction(h, R, W, b, g):
+    z = torch.einsum("nd,krd->nkr", h, W) + b
+    return h + torch.einsum("nkr,krd->nd", z * g.unsqueeze(-1), R)
+
+
+def _router_mean_over_padding(h, mask, weight, bias):
+    return torch.sigmoid(F.layer_norm(h.mean(1), (h.shape[-1],)) @ weight.T + bias)
+
+
+def _penalty_mean_over_subspaces(gates, lam):
+    return lam * gates.mean()
+
+
+EXERCISES = [
+    (checks.check_interference, nb03.interference, _drop_wrong_sign, "at key 'a'"),
+    (checks.check_orthogonal_subspaces, nb03.orthogonal_subspaces, _orthonormal_within_each_only, "not orthogonal to each other"),
+    (checks.check_subspace_overlap, nb03.subspace_overlap, _overlap_not_normalised, "values differ"),
+    (checks.check_gated_edit, nb04.gated_edit, _edit_without_subtraction, "values differ"),
+    (checks.check_router_gates, nb04.router_gates, _router_mean_over_padding, "padding"),
+    (checks.check_sparsity_penalty, nb04.sparsity_penalty, _penalty_mean_over_subspaces, "values differ"),
+]
+IDS = [solution.__name__ for _, solution, _, _ in EXERCISES]
+
+
+@pytest.mark.parametrize("checker, solution, wrong, message", EXERCISES, ids=IDS)
+def test_checker_accepts_the_reference(checker, solution, wrong, message, capsys):
+    assert checker(solution) is solution
+    assert "✓" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("checker, solution, wrong, message", EXERCISES, ids=IDS)
+def test_checker_rejects_a_wrong_answer_and_says_where(checker, solution, wrong, message):
+    with pytest.raises(checks.ExerciseError) as info:
+        checker(wrong)
+    text = str(info.value)
+    assert message in text and "Hint:" in text
+
+
+@pytest.mark.parametrize("checker, solution, wrong, message", EXERCISES, ids=IDS)
+def test_unsolved_stub_falls_back_to_the_reference(checker, solution, wrong, message, capsys):
+    def stub(*args, **kwargs):
+        raise NotImplementedError  # your code
+
+    assert checker(stub) is solution
+    assert "not solved yet" in capsys.readouterr().out
+
+
+def test_orthogonal_subspaces_accepts_any_valid_bases():
+    """Many answers are right: a rotation inside each subspace (here a sign flip) still passes."""
+    def flipped(raw):
+        return -nb03.orthogonal_subspaces(raw)
+
+    assert checks.check_orthogonal_subspaces(flipped) is flipped
+
+
+def test_orthogonal_subspaces_rejects_bases_unrelated_to_raw():
+    def standard_basis(raw):
+        k, r, d = raw.shape
+        return torch.eye(d)[: k * r].reshape(k, r, d)
+
+    with pytest.raises(checks.ExerciseError, match="do not span"):
+        checks.check_orthogonal_subspaces(standard_basis)
+
+
+def test_reference_gated_edit_matches_the_library():
+    """The exercise is what cl.CSReFT computes, so the notebook's claim "your function = the library" holds."""
+    from csreft_lite import CSReFT
+
+    torch.manual_seed(0)
+    cs = CSReFT(16, rank=2, n_subspaces=3)
+    with torch.no_grad():
+        cs.W.add_(0.3 * torch.randn_like(cs.W))
+        cs.b.add_(torch.randn_like(cs.b))
+        cs.router.net.bias.add_(torch.randn(3))
+    h = torch.randn(2, 5, 16)
+    mask = torch.tensor([[True] * 5, [False, True, True, True, True]])
+    g = cs.gates(h, mask)
+    assert torch.allclose(g, nb04.router_gates(h, mask, cs.router.net.weight, cs.router.net.bias), atol=1e-6)
+    out = cs(h, mask)
+    ours = torch.stack([nb04.gated_edit(h[i], cs.R, cs.W, cs.b, g[i].expand(5, 3)) for i in range(2)])
+    assert torch.allclose(out, ours, atol=1e-5)
+    cs.sparsity = 0.1
+    cs(h, mask)
+    assert torch.allclose(cs.penalty(), nb04.sparsity_penalty(cs.last_gates, 0.1))
+
+
+def test_reference_overlap_of_csreft_bases_is_the_identity():
+    from csreft_lite import CSReFT
+
+    overlap = nb03.subspace_overlap(CSReFT(32, rank=4, n_subspaces=4).R.detach())
+    assert torch.allclose(overlap, torch.eye(4), atol=1e-5)
+
+
+def _stubs(notebook: Path) -> dict:
+    """Top-level functions defined in the notebook's code cells: name -> inspect.Signature."""
+    cells = json.loads(notebook.read_text())["cells"]
+    found = {}
+    for cell in cells:
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"])
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue  # IPython magics; no stubs live there
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and any(isinstance(n, ast.Raise) for n in ast.walk(node)):
+                namespace = {}
+                header = ast.Module(body=[ast.FunctionDef(**{**node.__dict__, "body": [ast.Pass()], "decorator_list": []})], type_ignores=[])
+                # Compiled as the solutions are (postponed annotations), so annotations compare as text.
+                code = compile(ast.fix_missing_locations(header), notebook.name, "exec", flags=__future__.annotations.compiler_flag, dont_inherit=True)
+                exec(code, {"torch": torch}, namespace)
+                found[node.name] = inspect.signature(namespace[node.name])
+    return found
+
+
+@pytest.mark.parametrize(
+    "notebook, module, names",
+    [
+        ("03_multiple_subspaces.ipynb", nb03, ["interference", "orthogonal_subspaces", "subspace_overlap"]),
+        ("04_router.ipynb", nb04, ["gated_edit", "router_gates", "sparsity_penalty"]),
+    ],
+)
+def test_notebook_stubs_have_the_solutions_signatures(notebook, module, names):
+    stubs = _stubs(ROOT / "notebooks" / notebook)
+    for name in names:
+        assert name in stubs, f"{notebook} has no stub `def {name}(...)` raising NotImplementedError"
+        assert stubs[name] == inspect.signature(getattr(module, name)), f"{notebook}: {name} differs from solutions/"
