@@ -34,7 +34,7 @@ def accuracy_bars(results, skills=None, ax=None, title: str = "Held-out accuracy
     """Grouped bars: ``results`` maps a method name to ``{skill: accuracy}`` (e.g. ``skill_accuracy``'s dict)."""
     methods = list(results)
     skills = list(skills) if skills is not None else [s for s in results[methods[0]] if s != "mean"]
-    fig, ax = new_axes(ax, size=(max(5.5, 1.3 * len(skills) + 1.5), 3.5))
+    fig, ax = new_axes(ax, size=(max(7.0, 1.8 * len(skills) + 2.0), 4.5))
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
         xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(skills))]
@@ -45,7 +45,7 @@ def accuracy_bars(results, skills=None, ax=None, title: str = "Held-out accuracy
     ax.set_ylabel("accuracy (%)")
     ax.set_xlabel("skill (held-out prompts)")
     ax.set_title(title)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     fig.tight_layout()
     return fig
 
