@@ -18,20 +18,33 @@ format. One shared edit trained on the mixture must tell them apart, so interfer
 
 Held-out means unseen: every pool of words, review subjects and adjectives is split once, by
 position (every 4th item is a test item), so no test word appears in any training example of
-any skill. Generation is deterministic for ``(n, split, seed)`` and samples without repetition.
+any skill. Generation is deterministic for ``(n, split, seed)`` and samples without repetition;
+the word skills draw the *same* words for a seed, so in a mixture one word comes with several
+instructions and only the instruction says which answer is wanted.
 
 Scoring is exact and case-sensitive: case *is* the content for two skills, and one rule for
 all keeps scores comparable. We forgive only what carries no content: surrounding whitespace
 and quotes, and trailing ``.`` or ``!``. A reply must be the answer alone, so "The plural is
 Gardens" fails: stopping is part of the skill (training data ends each answer with EOS).
 
-Untrained course model (SmolLM2-135M-Instruct, Q4_1 dequantized, fp32 CPU; 50 test examples
-per skill, seed 0, chat template with its default system prompt, greedy, max_new_tokens=12;
-measured 2026-11-22 with ``bench/base_model_skills.py``). "contains": the answer appears
-somewhere in the reply (case-insensitive), a hint of what the model knows but does not say alone:
+Untrained course model (SmolLM2-135M-Instruct, Q4_1 dequantized, fp32 CPU), measured
+2026-11-23 by ``bench/base_model_skills.py``: 50 test examples per skill, seed 0, chat template
+with its default system prompt, greedy, max_new_tokens=12. "contains": the answer appears in
+the reply as a whole word (case-sensitive), a hint of what the model knows but will not say alone.
 
-    skill          exact   contains
-    {FIGURES}
+    skill             exact  contains      skill                    exact  contains
+    uppercase            2%       10%      uppercase+plural            0%        0%
+    lowercase            0%        2%      lowercase+plural            0%        0%
+    first_letter         0%        6%      uppercase+first_letter      0%       14%
+    plural               0%        4%      lowercase+first_letter      0%        0%
+    count                0%       20%
+    sentiment            0%       82%      (it says "positive, but also a bit negative")
+
+What an edit can reach differs: ``uppercase`` is the hard one. The model spells poorly in
+capitals (with three worked examples in the prompt it gets 52% of all nouns right; "Dog" ->
+"DOLPHINE"), and a rank-4 LoReFT steers what the model knows, it cannot teach spelling: 56%
+after 50 steps on 100 examples (layers 3, 9, 18, 24; f5+l5; lr 4e-3; batch 10), where
+``lowercase`` reached 100% on the same budget.
 """
 
 from __future__ import annotations

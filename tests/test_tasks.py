@@ -51,8 +51,8 @@ def test_train_and_test_content_is_disjoint(name):
 def test_no_test_word_appears_in_any_skills_training_data():
     train_text = " ".join(e.instruction.lower() for skill in SKILLS.values() for e in everything(skill, "train"))
     held_out = [w for pool in (tasks.NOUNS, tasks.SUBJECTS, tasks.POSITIVE, tasks.NEGATIVE) for w in tasks._split(pool, "test")]
-    for word in held_out:
-        assert not re.search(rf"\b{word}\b", train_text), word
+    seen = set(re.findall(r"[a-z]+", train_text))
+    assert not seen & set(held_out)
 
 
 @pytest.mark.parametrize("name", list(SKILLS))
