@@ -34,7 +34,10 @@ f5+l5 with tied weights):
 Timing: ``--warmup`` rounds, then ``--steps`` timed rounds; in each round every configuration runs
 one step, in an order that rotates from round to round, so a noisy neighbour slows all alike.
 We report the median time and the median over rounds of the paired ratio (config / floor in the
-same round), which is robust to a slow round. ``time.perf_counter`` around each step.
+same round), which is robust to a slow round. Each step is timed twice: wall clock
+(``time.perf_counter``) and the CPU time of all the process's threads (``time.process_time``).
+On a quiet machine the two tell the same story; on a shared, oversubscribed one the CPU time is the
+steadier measure of the work a configuration needs (wall time then mostly measures the neighbours).
 
 Generation: 64 new tokens, greedy (``min_new_tokens=64`` so every run makes exactly 64), from a
 32-token prompt, batch 1 and batch 8, KV cache on; base model vs ``ReftModel.generate`` (LoReFT,
@@ -470,9 +473,9 @@ def pyreft_worker(model_dir: str, mode: str) -> None:
         for line in sys.stdin:
             if line.strip() == "quit":
                 break
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             loss = step()
-            reply({"seconds": time.perf_counter() - t0, "loss": loss})
+            reply({"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0, "loss": loss})
     except Exception as err:  # the exact error goes into the table
         reply({"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]})
 
@@ -488,27 +491,32 @@ def _version(package: str) -> str:
 # ---------------------------------------------------------------- measuring
 
 
-def interleaved(steps: dict, warmup: int, rounds: int, log=print) -> dict[str, list[float]]:
-    """Run every step ``warmup + rounds`` times, round-robin with a rotating start; return timed seconds."""
+def interleaved(steps: dict, warmup: int, rounds: int, log=print) -> tuple[dict, dict]:
+    """Run every step ``warmup + rounds`` times, round-robin with a rotating start.
+
+    Returns the timed rounds' wall-clock seconds and CPU seconds, ``{name: [seconds, ...]}`` each.
+    """
     names = list(steps)
-    times = {n: [] for n in names}
+    wall, cpu = {n: [] for n in names}, {n: [] for n in names}
     for r in range(warmup + rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         line = []
         for name in order:
-            seconds = steps[name]()
+            w, c = steps[name]()
             if r >= warmup:
-                times[name].append(seconds)
-            line.append(f"{name} {seconds:.2f}s")
+                wall[name].append(w)
+                cpu[name].append(c)
+            line.append(f"{name} {w:.2f}s ({c:.2f} CPU s)")
         log(f"  round {r + 1}/{warmup + rounds} ({'warm-up' if r < warmup else 'timed'}): " + ", ".join(line))
-    return times
+    return wall, cpu
 
 
 def timed(step):
+    """Wall-clock and CPU seconds (all threads of this process) of one call."""
     def run():
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     return run
 
@@ -619,15 +627,15 @@ def main() -> None:
             raw["pyreft_versions"] = worker.info["versions"]
             with contextlib.suppress(OSError):
                 raw["pyreft_install"] = (PYREFT_VENV / ".csreft-bench-install").read_text().strip()
-            steps["pyreft LoReFT"] = lambda: worker.ask("step")["seconds"]
+            steps["pyreft LoReFT"] = lambda: (lambda r: (r["seconds"], r["cpu"]))(worker.ask("step"))
         except Exception as err:  # noqa: BLE001 - recorded in the table
             pyreft_error = str(err)
             log(f"[pyreft] failed: {pyreft_error}")
     log(f"training steps: {args.warmup} warm-up + {args.steps} timed rounds over {len(steps)} configurations")
-    times = interleaved(steps, args.warmup, args.steps, log)
+    times, cpu = interleaved(steps, args.warmup, args.steps, log)
     if worker:
         worker.close()
-    raw["train_seconds"] = times
+    raw["train_seconds"], raw["train_cpu_seconds"] = times, cpu
 
     memory = {}
     if not args.no_memory:
@@ -648,19 +656,20 @@ def main() -> None:
     rows = [
         f"Training step: batch {BATCH} x {SEQ} tokens ({PROMPT} prompt + {SEQ - PROMPT} supervised), fp32, forward + backward + AdamW; "
         f"median of {args.steps} interleaved rounds after {args.warmup} warm-up rounds. Ratios: median over rounds of the paired ratio.\n",
-        "| configuration | trainable params | median s/step | × floor | × LoRA | peak extra memory (MiB) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| configuration | trainable params | median s/step | median CPU s/step | × floor (wall / CPU) | × LoRA (wall / CPU) | peak extra memory (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in TRAIN_CONFIGS:
         if name not in times:
             if name == "pyreft LoReFT":
                 why = "skipped (--no-pyreft)" if args.no_pyreft else f"**failed**: `{pyreft_error.splitlines()[-1][:300] if pyreft_error else '?'}`"
-                rows.append(f"| {name} | | {why} | | | |")
+                rows.append(f"| {name} | | {why} | | | | |")
             continue
         mem = memory.get(name, {})
         rows.append(
-            f"| {name} | {params.get(name, 0):,} | {statistics.median(times[name]):.2f} | {paired_ratio(times, name, floor):.3f} | "
-            f"{paired_ratio(times, name, lora):.3f} | {fmt_mib(mem.get('delta_mib')) or mem.get('error', '')} |"
+            f"| {name} | {params.get(name, 0):,} | {statistics.median(times[name]):.2f} | {statistics.median(cpu[name]):.2f} | "
+            f"{paired_ratio(times, name, floor):.3f} / {paired_ratio(cpu, name, floor):.3f} | "
+            f"{paired_ratio(times, name, lora):.3f} / {paired_ratio(cpu, name, lora):.3f} | {fmt_mib(mem.get('delta_mib')) or mem.get('error', '')} |"
         )
     tables.append("\n".join(rows))
     if pyreft_error:
@@ -674,12 +683,12 @@ def main() -> None:
 
     # ---- generation
     if not args.no_generation:
-        raw["generate_seconds"], raw["generate_memory"] = {}, {}
+        raw["generate_seconds"], raw["generate_cpu_seconds"], raw["generate_memory"] = {}, {}, {}
         gen_rows = [
             f"\nGeneration: {GEN_NEW} new tokens, greedy, from a {GEN_PROMPT}-token prompt, KV cache; median of {args.gen_runs} "
             f"interleaved rounds after {args.warmup} warm-up rounds; LoRA unmerged.\n",
-            "| batch | configuration | median s | tokens/s | × base | peak extra memory (MiB, batch 1) |",
-            "|---:|---|---:|---:|---:|---:|",
+            "| batch | configuration | median s | median CPU s | tokens/s | × base (wall / CPU) | peak extra memory (MiB, batch 1) |",
+            "|---:|---|---:|---:|---:|---:|---:|",
         ]
         gen_mem = {}
         if not args.no_memory:
@@ -692,13 +701,14 @@ def main() -> None:
             gsteps = None  # free the previous batch size's copies first
             gsteps = {name: timed(build_generation(name, model, prompt, own_copy=True, pad_token_id=tok.pad_token_id)) for name in GEN_CONFIGS}
             log(f"generation, batch {b}: {args.warmup} warm-up + {args.gen_runs} timed rounds")
-            gt = interleaved(gsteps, args.warmup, args.gen_runs, log)
-            raw["generate_seconds"][b] = gt
+            gt, gc = interleaved(gsteps, args.warmup, args.gen_runs, log)
+            raw["generate_seconds"][b], raw["generate_cpu_seconds"][b] = gt, gc
             for name in GEN_CONFIGS:
                 med = statistics.median(gt[name])
                 mem = gen_mem.get(name, {})
                 gen_rows.append(
-                    f"| {b} | {name} | {med:.2f} | {b * GEN_NEW / med:.0f} | {paired_ratio(gt, name, 'base'):.3f} | "
+                    f"| {b} | {name} | {med:.2f} | {statistics.median(gc[name]):.2f} | {b * GEN_NEW / med:.0f} | "
+                    f"{paired_ratio(gt, name, 'base'):.3f} / {paired_ratio(gc, name, 'base'):.3f} | "
                     f"{(fmt_mib(mem.get('delta_mib')) or mem.get('error', '')) if b == args.gen_batches[0] else ''} |"
                 )
         tables.append("\n".join(gen_rows))
