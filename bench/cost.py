@@ -44,7 +44,8 @@ Generation: 64 new tokens, greedy (``min_new_tokens=64`` so every run makes exac
 CS-ReFT: edits in the prefill only) vs peft LoRA unmerged. Interleaved the same way.
 
 Peak memory: one fresh subprocess per configuration (the same script, ``--memory-of NAME``).
-After loading the model and building the configuration it calls ``malloc_trim``, resets the
+After loading the model, building the configuration and touching every weight (transformers may
+map the safetensors file lazily), it calls ``malloc_trim``, resets the
 kernel's peak-RSS counter (``/proc/self/clear_refs``), runs 1 step (or generation), and reads
 ``VmHWM`` (peak resident set). We report the peak minus the resident size before the steps:
 the memory the steps themselves need (activations kept for backward, gradients, optimizer state,
@@ -464,6 +465,9 @@ def pyreft_worker(model_dir: str, mode: str) -> None:
 
         versions = {"pyreft": _version("pyreft"), "pyvene": _version("pyvene"), "transformers": transformers.__version__, "torch": torch.__version__}
         if mode == "memory":
+            with torch.no_grad():  # as in memory_child: weights resident before measuring
+                for t in [*reft_model.parameters(), *model.parameters(), *model.buffers()]:
+                    t.sum()
             start = memory_start()
             for _ in range(MEMORY_STEPS):
                 step()
@@ -535,6 +539,16 @@ def measure_memory(name: str, kind: str, python: str = sys.executable) -> dict:
     return json.loads(lines[-1])
 
 
+def resident(model) -> None:
+    """Touch every weight so it is in memory before we measure: transformers may map the
+    safetensors file lazily, and the first step would otherwise count the weights themselves."""
+    import torch
+
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            t.sum()
+
+
 def memory_child(name: str, kind: str) -> None:
     import torch
 
@@ -546,6 +560,7 @@ def memory_child(name: str, kind: str) -> None:
         step = build_training(name, model, training_batch(model.config.vocab_size), own_copy=False)
     else:
         step = build_generation(name, model, generation_prompt(model.config.vocab_size, 1), own_copy=False, pad_token_id=tok.pad_token_id)
+    resident(model)
     start = memory_start()
     for _ in range(MEMORY_STEPS):
         step()
