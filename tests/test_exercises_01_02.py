@@ -2,10 +2,6 @@
 plausible wrong answer with ExerciseError, and falls back to the reference on an unsolved stub;
 the notebooks' stubs keep the names and signatures of the functions in solutions/."""
 
-import ast
-import inspect
-import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +12,8 @@ from csreft_lite.models import decoder_layers
 from solutions import nb01_interventions as s01
 from solutions import nb02_loreft as s02
 
-ROOT = Path(__file__).resolve().parents[1]
+from .notebook_stubs import assert_stubs_match
+
 NOTEBOOKS = {
     "01_hidden_state_interventions.ipynb": (s01, ["record_hidden", "difference_of_means", "steer"]),
     "02_orthonormal_loreft.ipynb": (s02, ["orthonormalize", "loreft_edit", "loreft_parameters"]),
@@ -121,38 +118,7 @@ def test_wrong_answer_messages_do_not_print_the_expected_count():
     assert str(s02.loreft_parameters(576, 4, 1)) not in str(err.value)
 
 
-def _stubs(notebook: str) -> dict[str, ast.FunctionDef]:
-    cells = json.loads((ROOT / "notebooks" / notebook).read_text())["cells"]
-    found = {}
-    for cell in cells:
-        if cell["cell_type"] != "code":
-            continue
-        source = "".join(cell["source"])
-        try:
-            tree = ast.parse(source)
-        except SyntaxError:  # IPython magics; exercise cells are plain Python
-            continue
-        for node in tree.body:
-            if isinstance(node, ast.FunctionDef) and any(isinstance(s, ast.Raise) for s in node.body):
-                found[node.name] = node
-    return found
-
-
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
 def test_notebook_stubs_match_solutions(notebook):
     module, names = NOTEBOOKS[notebook]
-    stubs = _stubs(notebook)
-    assert set(names) <= set(stubs), f"{notebook} lacks the stubs {sorted(set(names) - set(stubs))}"
-    for name in names:
-        namespace = {}
-        stub = stubs[name]
-        exec(compile(ast.Module(body=[stub], type_ignores=[]), notebook, "exec"), namespace)
-        assert inspect.signature(namespace[name]) == inspect.signature(getattr(module, name)).replace(
-            return_annotation=inspect.Signature.empty,
-            parameters=[p.replace(annotation=inspect.Parameter.empty) for p in inspect.signature(getattr(module, name)).parameters.values()],
-        ), f"the stub {name} in {notebook} and solutions/{module.__name__.split('.')[-1]}.py have different signatures"
-        raises = [s for s in stub.body if isinstance(s, ast.Raise)]
-        assert raises and "NotImplementedError" in ast.unparse(raises[0]), f"the stub {name} must raise NotImplementedError"
-        assert f"checks.check_{name}({name})" in "".join(
-            "".join(c["source"]) for c in json.loads((ROOT / "notebooks" / notebook).read_text())["cells"]
-        ), f"{notebook} does not check {name} right after its stub"
+    assert_stubs_match(notebook, module, names)

@@ -1,11 +1,6 @@
 """Checkers of notebooks 03 and 04: the reference passes, a plausible wrong answer fails with a
 clear message, an unsolved stub falls back to the reference, and stubs match the solutions."""
 
-import __future__
-import ast
-import inspect
-import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +10,8 @@ from csreft_lite import checks
 from solutions import nb03_subspaces as nb03
 from solutions import nb04_router as nb04
 
-ROOT = Path(__file__).resolve().parents[1]
+from .notebook_stubs import assert_stubs_match
+
 
 
 # Plausible mistakes, one per exercise (the kind a learner makes first).
@@ -125,29 +121,6 @@ def test_reference_overlap_of_csreft_bases_is_the_identity():
     assert torch.allclose(overlap, torch.eye(4), atol=1e-5)
 
 
-def _stubs(notebook: Path) -> dict:
-    """Top-level functions defined in the notebook's code cells: name -> inspect.Signature."""
-    cells = json.loads(notebook.read_text())["cells"]
-    found = {}
-    for cell in cells:
-        if cell["cell_type"] != "code":
-            continue
-        source = "".join(cell["source"])
-        try:
-            tree = ast.parse(source)
-        except SyntaxError:
-            continue  # IPython magics; no stubs live there
-        for node in tree.body:
-            if isinstance(node, ast.FunctionDef) and any(isinstance(n, ast.Raise) for n in ast.walk(node)):
-                namespace = {}
-                header = ast.Module(body=[ast.FunctionDef(**{**node.__dict__, "body": [ast.Pass()], "decorator_list": []})], type_ignores=[])
-                # Compiled as the solutions are (postponed annotations), so annotations compare as text.
-                code = compile(ast.fix_missing_locations(header), notebook.name, "exec", flags=__future__.annotations.compiler_flag, dont_inherit=True)
-                exec(code, {"torch": torch}, namespace)
-                found[node.name] = inspect.signature(namespace[node.name])
-    return found
-
-
 @pytest.mark.parametrize(
     "notebook, module, names",
     [
@@ -156,7 +129,4 @@ def _stubs(notebook: Path) -> dict:
     ],
 )
 def test_notebook_stubs_have_the_solutions_signatures(notebook, module, names):
-    stubs = _stubs(ROOT / "notebooks" / notebook)
-    for name in names:
-        assert name in stubs, f"{notebook} has no stub `def {name}(...)` raising NotImplementedError"
-        assert stubs[name] == inspect.signature(getattr(module, name)), f"{notebook}: {name} differs from solutions/"
+    assert_stubs_match(notebook, module, names)
