@@ -6,7 +6,9 @@
 For every skill of the course benchmark (``csreft_lite.tasks.SKILLS``), held-out exact-match
 accuracy of five conditions, all on the frozen course model (SmolLM2-135M-Instruct, fp32, CPU):
 
-- ``untrained``: the model as it is (chat template, greedy).
+- ``untrained``: the model as it is (greedy; prompts in the chat markers without the default
+  system prompt, ``csreft_lite.data.BARE_CHAT_TEMPLATE``, as in notebooks 03-04, for every condition;
+  ``--template auto`` uses the model's full chat template instead, at about twice the cost).
 - ``oracle``: one LoReFT (rank 4) per skill, each trained on its own skill only and evaluated on
   it: no interference by construction, the ceiling the mixture conditions aim at.
 - ``LoReFT mix``: one LoReFT trained on the mixture of all skills, rank 27: the same trainable-parameter
@@ -65,7 +67,7 @@ def train_and_score(model, tok, build, train_examples, test_examples, args, seed
     reft = cl.ReftModel(model, {layer: build() for layer in LAYERS}, positions=POSITIONS)
     try:
         records = [{"instruction": e.instruction, "output": e.output} for e in train_examples]
-        dataset = data.make_dataset(records, tok)
+        dataset = data.make_dataset(records, tok, template=args.template)
         with contextlib.ExitStack() as stack:
             if forced is not None:
                 for module in reft.interventions.values():
@@ -74,7 +76,7 @@ def train_and_score(model, tok, build, train_examples, test_examples, args, seed
                 reft, dataset, tok, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, progress=False
             )
             with torch.no_grad():
-                accuracy = skill_accuracy(reft, tok, test_examples, max_new_tokens=args.max_new_tokens)
+                accuracy = skill_accuracy(reft, tok, test_examples, max_new_tokens=args.max_new_tokens, template=args.template)
         return accuracy, history.final_loss, reft.trainable_parameters()
     finally:
         reft.remove()
@@ -88,6 +90,8 @@ def run(args) -> dict:
     from csreft_lite.evaluate import skill_accuracy
 
     torch.set_num_threads(args.threads)
+    if args.template is None:
+        args.template = cl.data.BARE_CHAT_TEMPLATE
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
     model, tok = cl.load_course_model()
     d = model.config.hidden_size
@@ -100,7 +104,7 @@ def run(args) -> dict:
     started = time.perf_counter()
 
     t0 = time.perf_counter()
-    base = skill_accuracy(model, tok, test, max_new_tokens=args.max_new_tokens)
+    base = skill_accuracy(model, tok, test, max_new_tokens=args.max_new_tokens, template=args.template)
     results["untrained"] = {seed: base for seed in args.seeds}  # deterministic: the same for every seed
     params["untrained"] = 0
     log(f"untrained: {fmt(base, skills)} ({time.perf_counter() - t0:.0f} s)")
@@ -142,6 +146,7 @@ def run(args) -> dict:
             "n_train_per_skill": args.n_train, "n_test_per_skill": args.n_test, "epochs": args.epochs, "lr": args.lr,
             "batch_size": args.batch_size, "layers": LAYERS, "positions": POSITIONS, "rank": RANK, "k": k,
             "mix_rank": mix_rank, "max_new_tokens": args.max_new_tokens, "threads": args.threads,
+            "template": args.template,
         },
         "params": params,
         "results": {c: {str(s): v for s, v in r.items()} for c, r in results.items()},
@@ -172,7 +177,8 @@ def table(raw: dict) -> str:
     head = (
         f"Held-out exact-match accuracy (%), mean ± std over seeds {raw['seeds']}; {st['n_train_per_skill']} training and "
         f"{st['n_test_per_skill']} test examples per skill, {st['epochs']} epochs, lr {st['lr']}, batch {st['batch_size']}, "
-        f"layers {st['layers']}, {st['positions']}; measured {raw['date']} ({raw['seconds'] / 60:.0f} min).\n"
+        f"layers {st['layers']}, {st['positions']}; prompts {'in ' + repr(st['template']) if 'template' in st else 'in the chat template'}; "
+        f"measured {raw['date']} ({raw['seconds'] / 60:.0f} min).\n"
     )
     lines = [
         head,
@@ -229,6 +235,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--template", default=None, help="prompt template (default: csreft_lite.data.BARE_CHAT_TEMPLATE; 'auto' for the model's chat template)")
     parser.add_argument("--figure", type=Path, default=Path(__file__).with_name("interference.png"))
     parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")

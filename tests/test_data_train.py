@@ -142,3 +142,12 @@ def test_alpaca_eval_outputs_file(tmp_path):
     assert records[0] == {"instruction": "a", "output": "x", "generator": "me", "dataset": "helpful_base"}
     with pytest.raises(ValueError, match="pair up"):
         evaluate.write_alpaca_eval_outputs(tmp_path / "bad.json", ["a"], [], generator="me")
+
+
+def test_bare_chat_template_is_the_models_chat_turn_without_the_system_prompt(tok):
+    """Notebooks 03-04 rely on it: the model's own markers, only the default system turn left out."""
+    full = data.format_prompt(tok, "Say hi.", "chat")
+    bare = data.format_prompt(tok, "Say hi.", data.BARE_CHAT_TEMPLATE)
+    assert full.endswith(bare) and full != bare
+    assert "system" in full[: -len(bare)] and "system" not in bare
+    assert len(tok(bare)["input_ids"]) < len(tok(full)["input_ids"]) / 2 + 2
