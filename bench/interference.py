@@ -154,6 +154,21 @@ def run(args) -> dict:
     }
 
 
+def merge(runs: list[dict]) -> dict:
+    """One result from runs of different seeds with the same settings (e.g. seeds run in parallel processes)."""
+    first = runs[0]
+    for other in runs[1:]:
+        if other["settings"] != first["settings"] or other["skills"] != first["skills"]:
+            raise ValueError("these runs used different settings or skills; only runs of the same study can be merged")
+    seeds = [s for r in runs for s in r["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"a seed appears in more than one run: {seeds}")
+    merged = {**first, "seeds": seeds, "date": max(r["date"] for r in runs)}
+    merged["results"] = {c: {s: v for r in runs for s, v in r["results"][c].items()} for c in first["results"]}
+    merged["seconds"] = max(r["seconds"] for r in runs)  # the runs ran side by side
+    return merged
+
+
 def fmt(acc: dict, skills) -> str:
     return " ".join(f"{s} {acc[s]:.0%}" for s in skills if s in acc)
 
@@ -230,7 +245,7 @@ def main() -> None:
     parser.add_argument("--skills", nargs="+", help="default: every skill of csreft_lite.tasks")
     parser.add_argument("--n-train", type=int, default=64, help="training examples per skill")
     parser.add_argument("--n-test", type=int, default=40, help="held-out examples per skill")
-    parser.add_argument("--epochs", type=float, default=3)
+    parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--lr", type=float, default=4e-3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=10)
@@ -239,10 +254,11 @@ def main() -> None:
     parser.add_argument("--figure", type=Path, default=Path(__file__).with_name("interference.png"))
     parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
-    parser.add_argument("--from-json", type=Path, help="only redraw the table and figure from a saved --json")
+    parser.add_argument("--from-json", type=Path, nargs="+",
+                        help="only redraw the table and figure from saved --json files (several: runs of different seeds, merged)")
     args = parser.parse_args()
 
-    raw = json.loads(args.from_json.read_text()) if args.from_json else run(args)
+    raw = merge([json.loads(p.read_text()) for p in args.from_json]) if args.from_json else run(args)
     if args.json and not args.from_json:
         args.json.write_text(json.dumps(raw, indent=1))
     text = table(raw)
