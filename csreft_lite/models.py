@@ -154,19 +154,20 @@ def load_course_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    dtype, device = _resolve_dtype(dtype), _resolve_device(device)  # bad arguments fail here, not as a cache error
     target = course_model_cache()
     if rebuild_cache or not target.exists():
         _write_cache(target)
     _check_cache(target)
     try:
         tokenizer = AutoTokenizer.from_pretrained(target)
-        model = AutoModelForCausalLM.from_pretrained(target, dtype=_resolve_dtype(dtype))
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
     except Exception as err:  # a file that has the right size but unreadable contents
         raise CourseModelError(
             f"The course model cache at {target} could not be read ({type(err).__name__}: {err}). "
             f"Delete that folder (or call load_course_model(rebuild_cache=True)) and it is rebuilt."
         ) from err
-    model.to(_resolve_device(device))
+    model.to(device)
     return _finish(model, tokenizer, COURSE_MODEL_NAME)
 
 
