@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     print(tag, f"torch {torch.__version__}, seq_len {seq_len}, checkpointing {args.gradient_checkpointing}", flush=True)
     model = build_model(args.tiny, device, dtype)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        cl.models.set_checkpointing(model, True)
         model.config.use_cache = False
         model.train()  # transformers checkpoints only in training mode; Llama has no dropout
     vocab = model.config.vocab_size

@@ -80,6 +80,25 @@ def _resolve_device(device: torch.device | str | None) -> torch.device:
     return device
 
 
+def set_checkpointing(model, enabled: bool = True) -> None:
+    """Activation (gradient) checkpointing on or off: each layer recomputed in the backward pass.
+
+    transformers 5 renamed ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable`` and
+    warns on the old name; this picks whichever the installed version has. Non-reentrant checkpoints,
+    so gradients reach interventions whose inputs need no gradient. transformers checkpoints only in
+    training mode: call ``model.train()`` as well (a frozen Llama has no dropout to switch on).
+    """
+    if enabled:
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif hasattr(model, "activation_checkpointing_disable"):
+        model.activation_checkpointing_disable()
+    else:
+        model.gradient_checkpointing_disable()
+
+
 def _finish(model, tokenizer, name: str):
     """Common last steps: eval mode, frozen weights, a pad token, a readable name."""
     model.eval()

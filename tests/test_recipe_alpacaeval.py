@@ -322,7 +322,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for checkpointing in (False, True):
         model = tiny_llama()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            cl.models.set_checkpointing(model, True)
             model.train()  # transformers checkpoints only in training mode (Llama has no dropout to switch on)
         reft = cl.ReftModel(model, {1: cl.CSReFT(32, 2, 2), 3: cl.CSReFT(32, 2, 2)}, positions="f2+l2", share_positions=False)
         torch.manual_seed(0)

@@ -364,7 +364,7 @@ def train_reft(reft: cl.ReftModel, tok, records: list[dict], config: RecipeConfi
     if config.gradient_checkpointing:
         # Recompute each layer in the backward pass instead of keeping its activations. transformers
         # checkpoints only in training mode; the frozen base has no dropout to switch on (Llama).
-        reft.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        cl.models.set_checkpointing(reft.model, True)
         reft.model.config.use_cache = False
         reft.model.train()
     accum = grad_accum_steps(config)
@@ -380,7 +380,7 @@ def train_reft(reft: cl.ReftModel, tok, records: list[dict], config: RecipeConfi
         progress=not config.smoke,
     )
     if config.gradient_checkpointing:
-        reft.model.gradient_checkpointing_disable()
+        cl.models.set_checkpointing(reft.model, False)
         reft.model.config.use_cache = True
         reft.model.eval()
     peak = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if torch.cuda.is_available() else ""
