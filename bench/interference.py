@@ -68,10 +68,7 @@ def train_and_score(model, tok, build, train_examples, test_examples, args, seed
     try:
         records = [{"instruction": e.instruction, "output": e.output} for e in train_examples]
         dataset = data.make_dataset(records, tok, template=args.template)
-        with contextlib.ExitStack() as stack:
-            if forced is not None:
-                for module in reft.interventions.values():
-                    stack.enter_context(module.force_gates(forced))
+        with reft.force_gates(forced) if forced is not None else contextlib.nullcontext():
             history = train.train(
                 reft, dataset, tok, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, progress=False
             )

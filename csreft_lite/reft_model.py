@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -158,6 +158,18 @@ class ReftModel(nn.Module):
             yield
         finally:
             self._enabled = True
+
+    @contextmanager
+    def force_gates(self, gates) -> Iterator[None]:
+        """Fix the gates of every routed intervention by hand inside this block (the router is bypassed),
+        e.g. ``with reft.force_gates([1, 0, 0]):`` switches the first subspace on at every layer."""
+        routed = [m for m in self.interventions.values() if hasattr(m, "force_gates")]
+        if not routed:
+            raise ValueError("force_gates needs routed interventions (cl.CSReFT); these have no gates.")
+        with ExitStack() as stack:
+            for module in routed:
+                stack.enter_context(module.force_gates(gates))
+            yield
 
     # ------------------------------------------------------------ forward and generate
 

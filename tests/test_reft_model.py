@@ -320,3 +320,27 @@ def test_summary_and_parameter_share(model):
     base = sum(p.numel() for p in model.parameters())
     assert reft.parameter_share() == pytest.approx(100 * n / base)
     assert f"{n:,} trainable parameters" in reft.summary() and "layers [1]" in reft.summary()
+
+
+def test_force_gates_sets_every_routed_intervention_and_restores_the_router(model):
+    reft = cl.ReftModel(model, {1: cl.CSReFT(D, 2, 3), 2: cl.CSReFT(D, 2, 3)}, positions="f3+l3")
+    randomize(reft)
+    x = ids()
+    with torch.no_grad():
+        routed = reft(input_ids=x).logits
+        with reft.force_gates([0, 0, 0]):
+            closed = reft(input_ids=x).logits
+            assert all(torch.equal(g, torch.zeros_like(g)) for g in reft.gates().values())
+        with reft.disabled():
+            base = reft(input_ids=x).logits
+        after = reft(input_ids=x).logits
+    assert torch.allclose(closed, base, atol=1e-5)  # every gate shut at every layer: the base model
+    assert not torch.allclose(routed, base, atol=1e-3)
+    assert torch.equal(after, routed)  # the router is back
+
+
+def test_force_gates_without_routed_interventions_is_an_error(model):
+    reft = make_reft(model, kinds=("LoReFT", "DiReFT"))
+    with pytest.raises(ValueError, match="routed interventions"):
+        with reft.force_gates([1.0]):
+            pass
