@@ -5,7 +5,9 @@ messages whose last one is the assistant's reply). A training example is the pro
 tokens followed by the response's tokens; labels are ``-100`` on the prompt so that only
 the response is learned. We store each example's ``prompt_length``: ``ReftModel`` turns it
 into intervention positions (``f5+l5`` = first/last 5 *prompt* tokens), the same way at
-training and at generation time.
+training and at generation time. We also store ``instruction_span``, the tokens of the
+instruction's own text inside the formatted prompt (without template or chat markers):
+CS-ReFT's router reads the mean hidden state over exactly those tokens.
 """
 
 from __future__ import annotations
@@ -70,13 +72,67 @@ def _split_record(record: Mapping) -> tuple:
     return instruction, record["output"]
 
 
-def tokenize_example(tokenizer, record: Mapping, template: str = "auto", max_length: int = 512) -> dict:
-    """One record to ``input_ids``, ``labels`` and ``prompt_length`` (plus ``truncated``)."""
-    prompt_source, response = _split_record(record)
-    prompt = format_prompt(tokenizer, prompt_source, template)
-    chat = not isinstance(prompt_source, str) or _uses_chat(tokenizer, template)
+_SLOT = "\x00instruction\x00"  # stands in for the instruction to find where a template puts it
+
+
+def _instruction_text(source: "str | Sequence[Mapping[str, str]]") -> str:
+    """The instruction's own text: the string, or the content of the last user message."""
+    if isinstance(source, str):
+        return source
+    users = [m for m in source if m.get("role") == "user"]
+    if not users:
+        raise ValueError("A chat record needs a user message before the assistant's reply: the router reads the last one.")
+    return users[-1]["content"]
+
+
+def _with_slot(source):
+    if isinstance(source, str):
+        return _SLOT
+    messages = [dict(m) for m in source]
+    last_user = max(i for i, m in enumerate(messages) if m.get("role") == "user")
+    messages[last_user]["content"] = _SLOT
+    return messages
+
+
+def _char_span(tokenizer, prompt: str, source, template: str) -> tuple[int, int]:
+    """Where the instruction's text sits in the formatted prompt, in characters (empty if it has none)."""
+    text = _instruction_text(source).strip()  # templates may strip the content's edges
+    slot = format_prompt(tokenizer, _with_slot(source), template).split(_SLOT)[0]
+    start = prompt.find(text, len(slot)) if prompt.startswith(slot) else prompt.rfind(text)
+    if start < 0:
+        raise ValueError(f"Cannot find the instruction {text[:60]!r} in its formatted prompt; the template changed its text.")
+    return start, start + len(text)
+
+
+def encode_prompt(tokenizer, instruction: "str | Sequence[Mapping[str, str]]", template: str = "auto") -> tuple[list[int], tuple[int, int]]:
+    """The prompt's token ids and the span ``(start, end)`` of the instruction's own tokens in them.
+
+    The span excludes the template's words and chat markers, so it reads the same kind of tokens for
+    every prompt; a token that straddles the instruction's edge counts as inside. Training
+    (``tokenize_example``) and generation (``evaluate.generate_answers``) both call this, so the
+    router sees the same tokens in both.
+    """
+    prompt = format_prompt(tokenizer, instruction, template)
+    chat = not isinstance(instruction, str) or _uses_chat(tokenizer, template)
     # Chat templates write their own special tokens; plain templates need the BOS token.
-    prompt_ids = tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
+    c0, c1 = _char_span(tokenizer, prompt, instruction, template)
+    if getattr(tokenizer, "is_fast", False):
+        encoded = tokenizer(prompt, add_special_tokens=not chat, return_offsets_mapping=True)
+        ids = encoded["input_ids"]
+        inside = [i for i, (a, b) in enumerate(encoded["offset_mapping"]) if b > a and a < c1 and b > c0]
+        span = (inside[0], inside[-1] + 1) if inside else (0, 0)
+    else:  # slow tokenizers have no offsets: count the tokens of the text before and up to the instruction's end
+        ids = tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
+        before = len(tokenizer(prompt[:c0], add_special_tokens=not chat)["input_ids"])
+        upto = len(tokenizer(prompt[:c1], add_special_tokens=not chat)["input_ids"])
+        span = (before, min(upto, len(ids))) if c1 > c0 else (0, 0)
+    return ids, span
+
+
+def tokenize_example(tokenizer, record: Mapping, template: str = "auto", max_length: int = 512) -> dict:
+    """One record to ``input_ids``, ``labels``, ``prompt_length`` and ``instruction_span`` (plus ``truncated``)."""
+    prompt_source, response = _split_record(record)
+    prompt_ids, span = encode_prompt(tokenizer, prompt_source, template)
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     full = prompt_ids + response_ids
     truncated = len(full) > max_length
@@ -86,6 +142,7 @@ def tokenize_example(tokenizer, record: Mapping, template: str = "auto", max_len
         "input_ids": full,
         "labels": labels[:max_length],
         "prompt_length": len(prompt_ids),
+        "instruction_span": list(span),
         "truncated": truncated,
     }
 
@@ -97,7 +154,7 @@ def make_dataset(
     max_length: int = 512,
     positions: "str | Positions | None" = None,
 ):
-    """A ``datasets.Dataset`` with ``input_ids``, ``labels`` (-100 on the prompt) and ``prompt_length``.
+    """A ``datasets.Dataset`` with ``input_ids``, ``labels`` (-100 on the prompt), ``prompt_length`` and ``instruction_span``.
 
     Warns when truncation cuts responses; drops (with a warning) examples whose prompt alone
     fills ``max_length``, since nothing would be learned from them. ``positions`` only checks
@@ -135,7 +192,8 @@ def make_dataset(
 class Collator:
     """Pads a list of examples into tensors; ``padding_side="right"`` for training.
 
-    Returns ``input_ids``, ``attention_mask``, ``labels`` (-100 on padding) and ``prompt_lengths``.
+    Returns ``input_ids``, ``attention_mask``, ``labels`` (-100 on padding), ``prompt_lengths``, and
+    ``instruction_spans`` (``[batch, 2]``) when the examples carry them.
     """
 
     pad_token_id: int
@@ -161,6 +219,8 @@ class Collator:
                 batch[key].append([fill] * pad + values if self.padding_side == "left" else values + [fill] * pad)
         out = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
         out["prompt_lengths"] = torch.tensor([e["prompt_length"] for e in examples], dtype=torch.long)
+        if all("instruction_span" in e for e in examples):
+            out["instruction_spans"] = torch.tensor([list(e["instruction_span"]) for e in examples], dtype=torch.long)
         return out
 
 

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from .data import format_prompt
+from .data import Collator, encode_prompt
 
 
 def generate_answers(
@@ -28,7 +28,8 @@ def generate_answers(
 ) -> list[str]:
     """Greedy answers (by default) to each instruction, decoded without the prompt.
 
-    Prompts are left-padded in batches; ``generate_kwargs`` go to ``generate`` (e.g.
+    Prompts are encoded by ``data.encode_prompt`` (the same ids and instruction spans as in
+    training) and left-padded in batches; ``generate_kwargs`` go to ``generate`` (e.g.
     ``repetition_penalty=1.1, no_repeat_ngram_size=5`` as in the LoReFT AlpacaEval recipe).
     """
     from tqdm.auto import tqdm
@@ -37,29 +38,27 @@ def generate_answers(
     if not instructions:
         raise ValueError("No instructions to answer.")
     generate_kwargs.setdefault("do_sample", False)
-    base = getattr(model, "model", model) if hasattr(model, "interventions") else model
+    is_reft = hasattr(model, "interventions")
+    base = model.model if is_reft else model
     device = next(base.parameters()).device
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collate = Collator(pad_token_id=pad, padding_side="left")
     answers: list[str] = []
-    try:
-        starts = range(0, len(instructions), batch_size)
-        for start in tqdm(starts, desc="generating", disable=not progress, leave=False):
-            prompts = [format_prompt(tokenizer, x, template) for x in instructions[start:start + batch_size]]
-            chat = bool(getattr(tokenizer, "chat_template", None)) and template in ("auto", "chat")
-            batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not chat).to(device)
-            with torch.no_grad():
-                out = model.generate(
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"],
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=tokenizer.pad_token_id,
-                    **generate_kwargs,
-                )
-            new_tokens = out[:, batch["input_ids"].shape[1]:]
-            answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-    finally:
-        tokenizer.padding_side = side
+    for start in tqdm(range(0, len(instructions), batch_size), desc="generating", disable=not progress, leave=False):
+        encoded = [encode_prompt(tokenizer, x, template) for x in instructions[start:start + batch_size]]
+        batch = collate([{"input_ids": ids, "prompt_length": len(ids), "instruction_span": span} for ids, span in encoded])
+        spans = {"instruction_spans": batch["instruction_spans"].to(device)} if is_reft else {}
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad,
+                **spans,
+                **generate_kwargs,
+            )
+        new_tokens = out[:, batch["input_ids"].shape[1]:]
+        answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     return answers
 
 
@@ -71,6 +70,56 @@ def skill_accuracy(model, tokenizer, examples: Sequence, *, max_new_tokens: int 
         model, tokenizer, [e.instruction for e in examples], max_new_tokens=max_new_tokens, batch_size=batch_size, **kwargs
     )
     return score(predictions, examples)
+
+
+# ---------------------------------------------------------------- routing
+
+
+@torch.no_grad()
+def route(reft, tokenizer, instructions: Sequence, *, template: str = "auto", batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gates and the router's probabilities each prompt gets, ``([n, k], [n, k])``, exactly as at generation.
+
+    The prompts are encoded like ``generate_answers`` does (same ids, same instruction spans) and run
+    once through the model; no answer is generated.
+    """
+    if getattr(reft, "router", None) is None:
+        raise ValueError("route() needs a ReftModel with a router (cl.CSReFT interventions).")
+    device = next(reft.model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collate = Collator(pad_token_id=pad, padding_side="left")
+    gates, probs = [], []
+    for start in range(0, len(instructions), batch_size):
+        encoded = [encode_prompt(tokenizer, x, template) for x in instructions[start:start + batch_size]]
+        batch = collate([{"input_ids": ids, "prompt_length": len(ids), "instruction_span": span} for ids, span in encoded])
+        batch.pop("labels")
+        reft(**{k: v.to(device) for k, v in batch.items()})
+        gates.append(reft.last_gates.detach().cpu())
+        probs.append(reft.router.last_probs.detach().cpu() if reft.router.last_probs is not None else gates[-1])
+    return torch.cat(gates), torch.cat(probs)
+
+
+def routing_nmi(skills: Sequence, choices: Sequence) -> float:
+    """Normalised mutual information between each example's skill and the subspace it was routed to.
+
+    ``I(skill; choice) / ((H(skill) + H(choice)) / 2)`` in [0, 1] (the arithmetic-mean normalisation, as
+    scikit-learn's default): 1 when every skill has a subspace of its own and uses it on every prompt,
+    0 when the choice says nothing about the skill (router collapse: one subspace for everything).
+    Two skills sharing one subspace and a third with its own give about 0.73.
+    """
+    import math
+    from collections import Counter
+
+    if len(skills) != len(choices) or not skills:
+        raise ValueError(f"routing_nmi needs one choice per example; got {len(skills)} skills and {len(choices)} choices.")
+    n = len(skills)
+    joint, by_skill, by_choice = Counter(zip(skills, choices)), Counter(skills), Counter(choices)
+    mutual = sum(c / n * math.log(c * n / (by_skill[s] * by_choice[x])) for (s, x), c in joint.items())
+
+    def entropy(counts: Counter) -> float:
+        return -sum(c / n * math.log(c / n) for c in counts.values())
+
+    h_skill, h_choice = entropy(by_skill), entropy(by_choice)
+    return 0.0 if h_skill == 0 or h_choice == 0 else mutual / ((h_skill + h_choice) / 2)
 
 
 # ---------------------------------------------------------------- AlpacaEval

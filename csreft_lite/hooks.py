@@ -147,6 +147,31 @@ def resolve_positions(
     return PositionIndex(index=index, mask=valid, groups=groups, seq_len=seq_len)
 
 
+def span_mask(attention_mask: torch.Tensor, spans: torch.Tensor, prompt_lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """``[batch, seq]`` float mask, 1 on each example's span ``[start, end)`` of prompt tokens (left or right padding).
+
+    ``spans`` (``[batch, 2]``) count from each prompt's first real token, like positions; the router
+    uses this to average the hidden states over the instruction's own tokens.
+    """
+    spans = torch.as_tensor(spans, device=attention_mask.device).long()
+    batch, seq_len = attention_mask.shape
+    if spans.shape != (batch, 2):
+        raise ValueError(f"instruction_spans must be [batch, 2] = [{batch}, 2] (start, end) pairs, got shape {tuple(spans.shape)}.")
+    available = attention_mask.bool().sum(1)
+    lengths = available if prompt_lengths is None else torch.as_tensor(prompt_lengths, device=attention_mask.device).long()
+    start, end = spans[:, 0], spans[:, 1]
+    bad = (start < 0) | (end <= start) | (end > lengths)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise ValueError(
+            f"Example {i} has the instruction span [{int(start[i])}, {int(end[i])}) in a prompt of {int(lengths[i])} tokens: "
+            f"a span must be 0 <= start < end <= prompt length. An empty span means the prompt has no instruction "
+            f"text for the router to read; spans come from data.make_dataset / data.encode_prompt."
+        )
+    offsets = torch.arange(seq_len, device=attention_mask.device) - prompt_starts(attention_mask)[:, None]
+    return ((offsets >= start[:, None]) & (offsets < end[:, None])).float()
+
+
 def edit_at(hidden: torch.Tensor, where: PositionIndex, fn: Callable, group: slice | None = None) -> torch.Tensor:
     """Apply ``fn(selected, mask) -> edited`` to the selected positions of ``hidden [batch, seq, d]``.
 

@@ -10,16 +10,14 @@ orthonormal basis accurate and training stable.
 - ``LoReFT``  (Wu et al., 2024):  Φ(h) = h + Rᵀ(W h + b − R h),  R R ᵀ = I.
 - ``DiReFT``  (its ablation):     Φ(h) = h + W₂ᵀ(W₁ h + b).
 - ``CSReFT``  (Zhou, 2025):       Φ(h) = h + Σᵢ gᵢ(x) · Rᵢᵀ(Wᵢ h + bᵢ − Rᵢ h),
-  with k subspaces that are orthonormal *and* mutually orthogonal, and gates gᵢ ∈ [0, 1]
-  from a small ``Router``.
+  with k subspaces that are orthonormal *and* mutually orthogonal; the gates gᵢ(x) ∈ [0, 1]
+  come from one small ``Router`` per model (``ReftModel`` runs it and hands every layer's
+  ``CSReFT`` the same gates).
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Iterator
-
 import torch
 from torch import nn
 
@@ -119,158 +117,195 @@ class DiReFT(nn.Module):
         return {"d_model": self.d_model, "rank": self.rank}
 
 
-class Router(nn.Module):
-    """Gates ``g ∈ [0, 1]^k`` from a summary vector of the prompt, ``[batch, d] -> [batch, k]``.
-
-    ``hidden=None`` is a single linear map ``d → k`` (d·k + k parameters: 2.3K on the course
-    model, 16K on Llama-2-7B), which keeps CS-ReFT inside the paper's parameter budget.
-    ``hidden=d // 2`` is the paper's MLP ``d → d/2 → k`` (ReLU, then sigmoid): 8.4M parameters
-    on Llama-2-7B, 13× the paper's whole claimed budget, so it is an option, not the default.
-    """
-
-    def __init__(self, d_model: int, n_subspaces: int, hidden: int | None = None):
-        super().__init__()
-        self.d_model, self.n_subspaces, self.hidden = d_model, n_subspaces, hidden
-        if hidden is None:
-            self.net = nn.Linear(d_model, n_subspaces)
-        else:
-            self.net = nn.Sequential(nn.Linear(d_model, hidden), nn.ReLU(), nn.Linear(hidden, n_subspaces))
-        self.norm = nn.LayerNorm(d_model, elementwise_affine=False)
-
-    def forward(self, summary: torch.Tensor) -> torch.Tensor:
-        # Residual-stream norms differ by orders of magnitude across layers and models;
-        # normalising the summary lets one learning rate fit every layer.
-        return torch.sigmoid(self.net(self.norm(summary)))
-
-
 GATINGS = ("soft", "topk", "hard")
 
 
-class CSReFT(nn.Module):
-    """Compositional Subspace ReFT: k LoReFT-style edits gated by a router.
+def balance_loss(probs: torch.Tensor) -> torch.Tensor:
+    """``mean_b H(q_b) − H(mean_b q_b)``: low when each input is sure of its subspace *and* all are used.
 
-    ``Φ(h) = h + Σᵢ gᵢ · Rᵢᵀ(Wᵢ h + bᵢ − Rᵢ h)``.
+    ``probs`` is ``[batch, k]`` (router probabilities); each row is normalised to a distribution ``q_b``
+    first, so sigmoid gates work too. The first term is small when every input picks one subspace
+    confidently, the second large when the batch as a whole spreads over all k subspaces. Their
+    difference is minus the mutual information between the input and its subspace, in nats, so it lies
+    in ``[−log k, 0]``: −log k when each of k equally common kinds of input owns one subspace, 0 when
+    every input gets the same distribution (router collapse).
+    """
+    q = probs / probs.sum(-1, keepdim=True).clamp_min(1e-12)
+    return _entropy(q).mean() - _entropy(q.mean(0))
 
-    Choices where the paper is silent, and why:
-    - Subspaces are mutually orthogonal (``Rᵢ Rⱼᵀ = 0``): the stacked ``[k·r, d]`` basis is
-      made orthonormal as a whole, so no skill's edit can write into another's subspace.
-      (The paper only requires orthonormal rows within each ``Rᵢ``.)
-    - The router reads the mean hidden state over the intervened prompt positions of the
-      same layer (the paper suggests "e.g. the first token's hidden state", but with a chat
-      template the first tokens are identical for every prompt, so they carry no signal).
-      One gate vector per example, shared by all its intervened positions.
-    - ``gating="soft"``: sigmoid gates (default, differentiable); ``"topk"``: keep the
-      ``top_k`` largest gates, zero the rest; ``"hard"``: gates thresholded at 0.5 when the
-      module is in eval mode (the paper's hard gating), soft while training.
-    - ``sparsity`` is λ in ``loss = CE + λ·Ω(g)`` with Ω the mean over examples of Σᵢ gᵢ (an L1
-      penalty on the gates); ``ReftModel`` adds ``penalty()`` to the loss.
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * p.clamp_min(1e-12).log()).sum(-1)
+
+
+class Router(nn.Module):
+    """Gates ``g ∈ [0, 1]^k`` from a summary of the input, ``[batch, d] -> [batch, k]``: ρ = Router(x).
+
+    One router serves every CS-ReFT layer of a ``ReftModel``, which hands it the summary (the mean
+    hidden state over the instruction's own tokens) and passes the gates to each layer's ``CSReFT``.
+
+    - ``hidden=None``: a single linear map ``d → k`` (d·k + k parameters: 2.3K on the course model,
+      16K on Llama-2-7B), which keeps CS-ReFT inside the paper's parameter budget. ``hidden=d // 2`` is
+      the paper's MLP ``d → d/2 → k`` (ReLU): 8.4M parameters on Llama-2-7B, 13× the paper's whole
+      claimed budget, so it is an option, not the default.
+    - ``gating="soft"``: sigmoid gates, the paper's form, differentiable everywhere. ``"topk"``: softmax
+      probabilities, the ``top_k`` largest become gates of exactly 1 and the rest 0, with a
+      straight-through gradient (the backward pass acts as if the gates were the probabilities), so a
+      subspace is trained at the scale it is used at and forcing a gate to 1 by hand is the trained
+      behaviour. ``"hard"``: sigmoid probabilities thresholded at 0.5 (the paper's hard gating), also
+      straight-through, identical at training and evaluation.
+    - ``penalty()``: ``sparsity · mean_b Σᵢ pᵢ`` (the paper's Ω, an L1 cost on open gates; with top-k's
+      softmax it is constant) plus ``balance · balance_loss(p)`` (see ``balance_loss``), for the
+      probabilities of the last call. ``ReftModel`` adds it to the loss.
     """
 
     def __init__(
         self,
         d_model: int,
-        rank: int = 4,
-        n_subspaces: int = 4,
-        router_hidden: int | None = None,
-        gating: str = "soft",
-        top_k: int | None = None,
+        n_subspaces: int,
+        hidden: int | None = None,
+        gating: str = "topk",
+        top_k: int = 1,
         sparsity: float = 0.0,
+        balance: float = 0.0,
     ):
         super().__init__()
-        _check_dims(d_model, rank, n_subspaces)
+        if d_model < 1 or n_subspaces < 1:
+            raise ValueError(f"d_model and n_subspaces must be positive, got {d_model} and {n_subspaces}.")
         if gating not in GATINGS:
             raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}.")
-        if gating == "topk" and not (top_k and 1 <= top_k <= n_subspaces):
+        if gating == "topk" and not 1 <= top_k <= n_subspaces:
             raise ValueError(f"gating='topk' needs 1 <= top_k <= n_subspaces={n_subspaces}, got top_k={top_k}.")
+        self.d_model, self.n_subspaces, self.hidden = d_model, n_subspaces, hidden
+        self.gating, self.top_k, self.sparsity, self.balance = gating, top_k, sparsity, balance
+        if hidden is None:
+            self.net = nn.Linear(d_model, n_subspaces)
+        else:
+            self.net = nn.Sequential(nn.Linear(d_model, hidden), nn.ReLU(), nn.Linear(hidden, n_subspaces))
+        # Residual-stream norms differ by orders of magnitude across layers and models;
+        # normalising the summary lets one learning rate fit every layer.
+        self.norm = nn.LayerNorm(d_model, elementwise_affine=False)
+        self.last_probs: torch.Tensor | None = None  # [batch, k] of the last call, for penalty()
+
+    def probabilities(self, summary: torch.Tensor) -> torch.Tensor:
+        """Softmax (top-k) or sigmoid (soft, hard) probabilities, ``[batch, k]``."""
+        _check_input(summary, self.d_model, "Router")
+        dtype = next(self.net.parameters()).dtype  # float32, whatever the model's dtype
+        logits = self.net(self.norm(summary.to(dtype)))
+        return logits.softmax(-1) if self.gating == "topk" else torch.sigmoid(logits)
+
+    def forward(self, summary: torch.Tensor) -> torch.Tensor:
+        p = self.probabilities(summary)
+        self.last_probs = p
+        if self.gating == "soft":
+            return p
+        if self.gating == "topk":
+            chosen = torch.zeros_like(p).scatter(-1, p.topk(self.top_k, dim=-1).indices, 1.0)
+        else:
+            chosen = (p > 0.5).to(p.dtype)
+        return chosen + (p - p.detach())  # forward: exactly 0/1; backward: the probabilities' gradient
+
+    def penalty(self) -> torch.Tensor | None:
+        """``sparsity·Ω(p) + balance·balance_loss(p)`` for the last call, or None when both weights are 0."""
+        if self.last_probs is None or not (self.sparsity or self.balance):
+            return None
+        p, total = self.last_probs, self.last_probs.new_zeros(())
+        if self.sparsity:
+            total = total + self.sparsity * p.sum(-1).mean()
+        if self.balance:
+            total = total + self.balance * balance_loss(p)
+        return total
+
+    def config(self) -> dict:
+        return {
+            "d_model": self.d_model, "n_subspaces": self.n_subspaces, "hidden": self.hidden, "gating": self.gating,
+            "top_k": self.top_k, "sparsity": self.sparsity, "balance": self.balance,
+        }
+
+
+
+class CSReFT(nn.Module):
+    """Compositional Subspace ReFT: k LoReFT-style edits, each scaled by its gate.
+
+    ``Φ(h) = h + Σᵢ gᵢ · Rᵢᵀ(Wᵢ h + bᵢ − Rᵢ h)``.
+
+    The gates ``g`` (``[batch, k]``, one vector per example, shared by its positions) come from
+    outside: ``ReftModel`` computes them once per forward pass with its ``Router`` and hands the same
+    gates to the CS-ReFT module of every layer, as in the paper (ρ = Router(x)). On tensors, pass
+    ``gates=`` yourself.
+
+    Where the paper is silent: the subspaces are mutually orthogonal (``Rᵢ Rⱼᵀ = 0``). The stacked
+    ``[k·r, d]`` basis is made orthonormal as a whole, so no skill's edit can write into another's
+    subspace (the paper only requires orthonormal rows within each ``Rᵢ``).
+    """
+
+    def __init__(self, d_model: int, rank: int = 4, n_subspaces: int = 4):
+        super().__init__()
+        _check_dims(d_model, rank, n_subspaces)
         self.d_model, self.rank, self.n_subspaces = d_model, rank, n_subspaces
-        self.gating, self.top_k, self.sparsity = gating, top_k, sparsity
         raw = torch.empty(n_subspaces * rank, d_model)
         nn.init.orthogonal_(raw)
         self.R_raw = nn.Parameter(raw)  # all k bases stacked, orthonormalised together
         self.W = nn.Parameter(orthonormal_rows(raw).clone().view(n_subspaces, rank, d_model))
         self.b = nn.Parameter(torch.zeros(n_subspaces, rank))
-        self.router = Router(d_model, n_subspaces, router_hidden)
-        self.forced_gates: torch.Tensor | None = None
-        self.last_gates: torch.Tensor | None = None  # [batch, k], detached, for plots
-        self._gates_for_penalty: torch.Tensor | None = None
+        self.register_buffer("frozen", torch.zeros(n_subspaces, dtype=torch.bool), persistent=False)
+
+    def freeze_subspaces(self, *indices: int) -> None:
+        """Stop training these subspaces (e.g. a skill learned earlier) while the others go on learning.
+
+        Gates alone do not protect a subspace: the bases are orthonormalised together, so training
+        subspace j also moves the raw rows of every subspace before it. Frozen subspaces enter the
+        computation detached, so no gradient reaches their ``R``, ``W`` or ``b``.
+        """
+        for i in indices:
+            if not 0 <= i < self.n_subspaces:
+                raise ValueError(f"This CSReFT has subspaces 0 to {self.n_subspaces - 1}; cannot freeze {i}.")
+            self.frozen[i] = True
+
+    def _parameters_with_frozen_detached(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not bool(self.frozen.any()):
+            return self.R_raw, self.W, self.b
+        rows = self.frozen.repeat_interleave(self.rank)[:, None]  # [k·r, 1]
+        keep = self.frozen[:, None]
+        return (torch.where(rows, self.R_raw.detach(), self.R_raw), torch.where(keep[..., None], self.W.detach(), self.W),
+                torch.where(keep, self.b.detach(), self.b))
 
     @property
     def R(self) -> torch.Tensor:
         """The k orthonormal bases, ``[k, rank, d]``; all k·rank rows are orthonormal."""
-        return orthonormal_rows(self.R_raw).view(self.n_subspaces, self.rank, self.d_model)
+        return orthonormal_rows(self._parameters_with_frozen_detached()[0]).view(self.n_subspaces, self.rank, self.d_model)
 
-    def gates(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Gates for each example: ``[batch, k]`` for ``h`` of shape ``[batch, n, d]``."""
-        x = h.to(self.R_raw.dtype)
-        if x.dim() == 1:
-            x = x.unsqueeze(0)
-        if x.dim() == 3:  # summarise the intervened positions of each example
-            m = torch.ones(x.shape[:2], dtype=x.dtype, device=x.device) if mask is None else mask.to(x.dtype)
-            summary = (x * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
-        else:
-            summary = x.reshape(-1, self.d_model)
-        g = self.router(summary)  # [batch, k]
-        if self.gating == "topk":
-            keep = torch.zeros_like(g).scatter(-1, g.topk(self.top_k, dim=-1).indices, 1.0)
-            g = g * keep
-        elif self.gating == "hard" and not self.training:
-            g = (g > 0.5).to(g.dtype)
-        return g
-
-    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None, gates: torch.Tensor | None = None) -> torch.Tensor:
+        """``h``: ``[batch, n, d]`` (or ``[n, d]``, one example per row); ``gates``: ``[batch, k]``."""
         _check_input(h, self.d_model, "CSReFT")
-        if self.forced_gates is not None:
-            n_examples = h.shape[0] if h.dim() == 3 else h.reshape(-1, h.shape[-1]).shape[0]
-            g = self.forced_gates.to(device=h.device, dtype=self.R_raw.dtype).expand(n_examples, self.n_subspaces)
-        else:
-            g = self.gates(h, mask)
-        self.last_gates = g.detach()
-        self._gates_for_penalty = g
-        R = self.R  # [k, r, d]
+        if gates is None:
+            raise ValueError(
+                "CSReFT needs gates, one per example and subspace ([batch, k]): inside a ReftModel its Router "
+                "gives them (or reft.force_gates(...)); on tensors, call cs(h, gates=g)."
+            )
+        R_raw, W, b = self._parameters_with_frozen_detached()
+        R = orthonormal_rows(R_raw).view(self.n_subspaces, self.rank, self.d_model)  # [k, r, d]
         x = h.to(R.dtype)
-        flat = x.reshape(-1, x.shape[-1]) if x.dim() != 3 else x
-        if flat.dim() == 2:  # rows are their own examples
-            gate = g.view(-1, self.n_subspaces, 1)  # [n, k, 1]
-            z = torch.einsum("nd,krd->nkr", flat, self.W - R) + self.b  # [n, k, r]
-            delta = torch.einsum("nkr,krd->nd", z * gate, R)
-        else:  # [batch, pos, d]: one gate vector per example
-            gate = g.view(-1, 1, self.n_subspaces, 1)  # [batch, 1, k, 1]
-            z = torch.einsum("bpd,krd->bpkr", flat, self.W - R) + self.b  # [batch, pos, k, r]
-            delta = torch.einsum("bpkr,krd->bpd", z * gate, R)
-        return (x + delta.reshape(x.shape)).to(h.dtype)
-
-    def penalty(self) -> torch.Tensor | None:
-        """λ·Ω(g) for the last forward pass (an L1 penalty on the gates), or None if λ = 0."""
-        if not self.sparsity or self._gates_for_penalty is None:
-            return None
-        return self.sparsity * self._gates_for_penalty.sum(-1).mean()
-
-    @contextmanager
-    def force_gates(self, gates) -> Iterator["CSReFT"]:
-        """Fix the gates by hand, e.g. ``with cs.force_gates([1, 0, 0, 0]):`` switches one skill on."""
-        g = torch.as_tensor(gates, dtype=torch.float32)
-        if g.numel() != self.n_subspaces:
-            raise ValueError(f"force_gates takes one gate per subspace ({self.n_subspaces} values), got {g.numel()}.")
-        g = g.reshape(1, self.n_subspaces)
-        previous, self.forced_gates = self.forced_gates, g
-        try:
-            yield self
-        finally:
-            self.forced_gates = previous
+        n_examples = x.shape[0]
+        g = gates.to(device=x.device, dtype=R.dtype)
+        if g.dim() == 1:
+            g = g.unsqueeze(0)
+        if g.shape[-1] != self.n_subspaces or g.shape[0] not in (1, n_examples):
+            raise ValueError(
+                f"CSReFT has {self.n_subspaces} subspaces and got {n_examples} examples, but gates of shape "
+                f"{tuple(gates.shape)}; pass [{n_examples}, {self.n_subspaces}] (or [{self.n_subspaces}] for all)."
+            )
+        g = g.expand(n_examples, -1)
+        z = torch.einsum("...d,krd->...kr", x, W - R) + b  # [..., k, r]: Wᵢh + bᵢ − Rᵢh
+        scale = g.view(n_examples, *([1] * (x.dim() - 2)), self.n_subspaces, 1)  # [batch, (1,) k, 1]
+        delta = torch.einsum("...kr,krd->...d", z * scale, R)
+        return (x + delta).to(h.dtype)
 
     def config(self) -> dict:
-        return {
-            "d_model": self.d_model,
-            "rank": self.rank,
-            "n_subspaces": self.n_subspaces,
-            "router_hidden": self.router.hidden,
-            "gating": self.gating,
-            "top_k": self.top_k,
-            "sparsity": self.sparsity,
-        }
+        return {"d_model": self.d_model, "rank": self.rank, "n_subspaces": self.n_subspaces}
 
 
-KINDS = {"LoReFT": LoReFT, "DiReFT": DiReFT, "CSReFT": CSReFT}
+KINDS = {"LoReFT": LoReFT, "DiReFT": DiReFT, "CSReFT": CSReFT, "Router": Router}
 
 
 def build(kind: str, config: dict) -> nn.Module:

@@ -1,5 +1,9 @@
 """``ReftModel``: a frozen causal LM plus interventions at chosen layers and prompt positions.
 
+With CS-ReFT interventions it also owns their one ``Router``: at ``router_layer`` (at or below the
+first edit) it averages the hidden states over the instruction's own tokens, turns that summary into
+gates once per forward pass, and hands the same gates to the ``CSReFT`` of every layer.
+
 The base model is never modified: its weights are frozen and the interventions act through
 forward hooks on its decoder layers, which ``remove()`` (or leaving a ``with`` block) takes
 away again, restoring the base model bit for bit. Only the interventions are parameters of
@@ -11,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -21,11 +25,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .hooks import PositionIndex, Positions, check_layers, edit_at, hidden_of, hidden_size, replace_hidden, resolve_positions
-from .interventions import build
+from .hooks import (
+    PositionIndex,
+    Positions,
+    check_layers,
+    edit_at,
+    hidden_of,
+    hidden_size,
+    replace_hidden,
+    resolve_positions,
+    span_mask,
+)
+from .interventions import CSReFT, Router, build
 from .models import decoder_layers, model_name
 
 CONFIG_FILE = "reft_config.json"
+CHECKPOINT_FORMAT = 2  # 2: one shared router (csreft_lite 0.2); 1: a router inside each CSReFT (0.1)
 WEIGHTS_FILE = "interventions.safetensors"
 
 
@@ -56,6 +71,12 @@ class ReftModel(nn.Module):
     (tied weights); ``False`` gives the first-n and last-n groups separate copies (the LoReFT
     AlpacaEval recipe, "untied"). Interventions are moved to the model's device; their
     parameters stay float32 whatever the model's dtype.
+
+    With ``cl.CSReFT`` interventions, ``router`` (default: ``Router(d, k)``) computes the gates of
+    every CS-ReFT layer at once, from the mean hidden state over each prompt's instruction tokens
+    after decoder layer ``router_layer`` (default: the first CS-ReFT layer, read before its edit).
+    Calls then need ``instruction_spans`` (``data.make_dataset`` and ``evaluate.generate_answers``
+    provide them), unless the gates are forced with ``force_gates``.
     """
 
     def __init__(
@@ -64,6 +85,8 @@ class ReftModel(nn.Module):
         interventions: Mapping[int, nn.Module],
         positions: "str | Positions" = "f5+l5",
         share_positions: bool = True,
+        router: Router | None = None,
+        router_layer: int | None = None,
     ):
         super().__init__()
         if not interventions:
@@ -91,12 +114,44 @@ class ReftModel(nn.Module):
             else:
                 self.interventions[_key(layer, "first")] = module
                 self.interventions[_key(layer, "last")] = copy.deepcopy(module)
-        self.interventions.to(device)
+        self.router, self.router_layer = self._make_router(model, layers, list(interventions.values()), router, router_layer)
+        self.to(device)
         model.requires_grad_(False)
         self._where: PositionIndex | None = None
+        self._summary_mask: torch.Tensor | None = None  # [batch, seq]: the instruction tokens the router averages
+        self._gates: torch.Tensor | None = None  # [batch, k] of the forward pass under way
+        self._forced: torch.Tensor | None = None
+        self.last_gates: torch.Tensor | None = None  # [batch, k] of the last forward pass, detached
         self._handles: list = []
         self._enabled = True
         self.attach()
+
+    @staticmethod
+    def _make_router(model, layers, modules, router, router_layer) -> tuple[Router | None, int | None]:
+        """The shared router of the CS-ReFT interventions (built when not given), and the layer it reads."""
+        routed = [(layer, m) for layer, m in zip(layers, modules) if isinstance(m, CSReFT)]
+        if not routed:
+            if router is not None or router_layer is not None:
+                raise ValueError("router and router_layer are for cl.CSReFT interventions, and none was given.")
+            return None, None
+        ks = sorted({m.n_subspaces for _, m in routed})
+        if len(ks) > 1:
+            raise ValueError(f"One router gates every CS-ReFT layer, so they need the same n_subspaces; got {ks}.")
+        d = hidden_size(model)
+        router = Router(d, ks[0]) if router is None else router
+        if router.n_subspaces != ks[0] or router.d_model != d:
+            raise ValueError(
+                f"The router gives {router.n_subspaces} gates from hidden size {router.d_model}, but the CS-ReFT "
+                f"interventions have {ks[0]} subspaces on hidden size {d}. Build it as cl.Router({d}, {ks[0]})."
+            )
+        first = min(layer for layer, _ in routed)
+        router_layer = first if router_layer is None else check_layers(model, [router_layer])[0]
+        if router_layer > first:
+            raise ValueError(
+                f"router_layer={router_layer} is above the first CS-ReFT layer ({first}): the gates must exist "
+                f"before the first edit. Use a layer from 0 to {first}."
+            )
+        return router, router_layer
 
     # ------------------------------------------------------------ hooks
 
@@ -105,7 +160,7 @@ class ReftModel(nn.Module):
         if self._handles:
             return
         blocks = decoder_layers(self.model)
-        for layer in self.layers:
+        for layer in sorted({*self.layers, *([self.router_layer] if self.router is not None else [])}):
             self._handles.append(blocks[layer].register_forward_hook(self._hook(layer)))
 
     def remove(self) -> None:
@@ -127,20 +182,55 @@ class ReftModel(nn.Module):
             hidden = hidden_of(output)
             if where is None or not self._enabled or hidden.shape[1] != where.seq_len:
                 return None  # not ours (no ReftModel call active) or a cached decode step
+            if layer == self.router_layer and self._gates is None:
+                self._gates = self._route(hidden)  # read before this layer's own edit
+            if layer not in self.layers:
+                return None
             if self.share_positions:
-                new = edit_at(hidden, where, self.interventions[_key(layer, None)])
+                new = edit_at(hidden, where, self._edit_fn(self.interventions[_key(layer, None)]))
             else:
                 new = hidden
                 for group in ("first", "last"):
-                    new = edit_at(new, where, self.interventions[_key(layer, group)], where.groups[group])
+                    new = edit_at(new, where, self._edit_fn(self.interventions[_key(layer, group)]), where.groups[group])
             return replace_hidden(output, new)
 
         return hook
 
+    def _edit_fn(self, module: nn.Module):
+        """``fn(h, mask)`` for ``edit_at``: CS-ReFT modules get this forward pass's gates."""
+        if isinstance(module, CSReFT):
+            return lambda h, mask: module(h, mask, gates=self._gates)
+        return module
+
+    def _route(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Gates ``[batch, k]`` from the mean hidden state over each prompt's instruction tokens."""
+        m = self._summary_mask.to(hidden.dtype).unsqueeze(-1)  # [batch, seq, 1]
+        summary = (hidden * m).sum(1) / m.sum(1)  # [batch, d]
+        gates = self.router(summary)
+        self.last_gates = gates.detach()
+        return gates
+
     @contextmanager
-    def _active(self, where: PositionIndex) -> Iterator[None]:
+    def _active(self, where: PositionIndex, instruction_spans=None, prompt_lengths=None, attention_mask=None) -> Iterator[None]:
         if not self._handles:
             raise RuntimeError("This ReftModel was removed from its base model; call reft.attach() to use it again.")
+        self._gates, self._summary_mask = None, None
+        if self.router is not None:
+            self.router.last_probs = None  # no penalty from an earlier call
+            batch = attention_mask.shape[0]
+            if self._forced is not None:
+                if self._forced.shape[0] not in (1, batch):
+                    raise ValueError(f"force_gates got gates for {self._forced.shape[0]} examples but the batch has {batch}.")
+                self._gates = self._forced.to(attention_mask.device).expand(batch, -1)
+                self.last_gates = self._gates
+            elif instruction_spans is None and self._enabled:
+                raise ValueError(
+                    "This ReftModel's router reads each prompt's instruction tokens: pass instruction_spans "
+                    "([batch, 2], as data.make_dataset / data.encode_prompt give them), or fix the gates with "
+                    "reft.force_gates([...])."
+                )
+            elif instruction_spans is not None:
+                self._summary_mask = span_mask(attention_mask, instruction_spans, prompt_lengths)
         self._where = where
         try:
             yield
@@ -161,15 +251,19 @@ class ReftModel(nn.Module):
 
     @contextmanager
     def force_gates(self, gates) -> Iterator[None]:
-        """Fix the gates of every routed intervention by hand inside this block (the router is bypassed),
-        e.g. ``with reft.force_gates([1, 0, 0]):`` switches the first subspace on at every layer."""
-        routed = [m for m in self.interventions.values() if hasattr(m, "force_gates")]
-        if not routed:
+        """Fix the gates by hand inside this block (the router is bypassed), e.g. ``with reft.force_gates([1, 0, 0]):``
+        switches the first subspace on at every layer; ``[batch, k]`` gates set them per example."""
+        if self.router is None:
             raise ValueError("force_gates needs routed interventions (cl.CSReFT); these have no gates.")
-        with ExitStack() as stack:
-            for module in routed:
-                stack.enter_context(module.force_gates(gates))
+        k = self.router.n_subspaces
+        g = torch.as_tensor(gates, dtype=torch.float32)
+        if g.dim() > 2 or g.shape[-1] != k:
+            raise ValueError(f"force_gates takes one gate per subspace ({k} values, or [batch, {k}]), got shape {tuple(g.shape)}.")
+        previous, self._forced = self._forced, g.reshape(-1, k)
+        try:
             yield
+        finally:
+            self._forced = previous
 
     # ------------------------------------------------------------ forward and generate
 
@@ -196,6 +290,7 @@ class ReftModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         prompt_lengths: torch.Tensor | None = None,
+        instruction_spans: torch.Tensor | None = None,
         **kwargs,
     ):
         """Without labels: the base model's output (logits) with the edits applied.
@@ -203,12 +298,13 @@ class ReftModel(nn.Module):
         With labels (``-100`` where nothing is learned): a ``ReftOutput`` whose loss is the
         mean cross-entropy over supervised tokens plus any intervention penalty. Logits are
         computed only at supervised positions, which saves the vocabulary projection of
-        every prompt token.
+        every prompt token. ``instruction_spans`` (``[batch, 2]``): the instruction's tokens in each
+        prompt, which a router reads.
         """
         attention_mask = self._check_inputs(input_ids, attention_mask)
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # correct under left padding too
         where = self.where(attention_mask, prompt_lengths)
-        with self._active(where):
+        with self._active(where, instruction_spans, prompt_lengths, attention_mask):
             if labels is None:
                 return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
             return self._loss(input_ids, attention_mask, position_ids, labels)
@@ -229,18 +325,25 @@ class ReftModel(nn.Module):
             ).last_hidden_state
             picked = self.model.get_output_embeddings()(hidden[:, :-1][supervised])  # [n_tokens, vocab]
         ce = F.cross_entropy(picked.float(), targets[supervised])
-        penalties = [p for m in self.interventions.values() if hasattr(m, "penalty") and (p := m.penalty()) is not None]
+        modules = [*self.interventions.values(), *([self.router] if self.router is not None else [])]
+        penalties = [p for m in modules if hasattr(m, "penalty") and (p := m.penalty()) is not None]
         penalty = torch.stack(penalties).sum() if penalties else None
         loss = ce if penalty is None else ce + penalty
         return ReftOutput(loss=loss, ce_loss=ce.detach(), penalty=None if penalty is None else penalty.detach(), n_tokens=n_tokens)
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        instruction_spans: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
         """``model.generate`` with the edits applied to the prompt (left-padded batches welcome).
 
         The edits act during the prefill; the KV cache carries them to every generated token,
         and the decode steps run the base model untouched, so generation costs what it costs
-        the base model.
+        the base model. A router needs ``instruction_spans``, as in ``forward``.
         """
         attention_mask = self._check_inputs(input_ids, attention_mask)
         if bool((attention_mask[:, -1] == 0).any()):
@@ -251,7 +354,7 @@ class ReftModel(nn.Module):
         # the first forward (prefill) sees the whole prompt and is edited.
         stop = self.model.register_forward_hook(lambda *args: setattr(self, "_where", None))
         try:
-            with self._active(where):
+            with self._active(where, instruction_spans, None, attention_mask):
                 return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         finally:
             stop.remove()
@@ -270,16 +373,16 @@ class ReftModel(nn.Module):
         """Trainable parameters as a percentage of the base model's, e.g. 0.0039 for 0.0039%."""
         return 100.0 * self.trainable_parameters() / self.base_parameters()
 
-    def gates(self) -> dict[str, torch.Tensor]:
-        """The router gates of the last forward pass, per intervention that has a router."""
-        return {k: m.last_gates for k, m in self.interventions.items() if getattr(m, "last_gates", None) is not None}
-
     def summary(self) -> str:
         """One line: what is attached where, and how many parameters it trains."""
         first = next(iter(self.interventions.values()))
         kind = "+".join(dict.fromkeys(type(m).__name__ for m in self.interventions.values()))
         rank = getattr(first, "rank", "?")
         extra = f", {first.n_subspaces} subspaces" if hasattr(first, "n_subspaces") else ""
+        if self.router is not None:
+            r = self.router
+            net = f"{r.d_model}→{r.hidden}→{r.n_subspaces}" if r.hidden else f"{r.d_model}→{r.n_subspaces}"
+            extra += f", one router {net} ({r.gating}{f'-{r.top_k}' if r.gating == 'topk' else ''}) reading layer {self.router_layer}"
         tied = "tied" if self.share_positions else "untied"
         return (
             f"{kind} (rank {rank}{extra}) on {model_name(self.model)} at layers {self.layers}, positions "
@@ -306,6 +409,8 @@ class ReftModel(nn.Module):
             "share_positions": self.share_positions,
             "layers": self.layers,
             "interventions": {k: {"kind": type(m).__name__, "config": m.config()} for k, m in self.interventions.items()},
+            "router": None if self.router is None else {"layer": self.router_layer, "config": self.router.config()},
+            "format": CHECKPOINT_FORMAT,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -343,12 +448,24 @@ class ReftModel(nn.Module):
                 f"The checkpoint in {path} was made for another model ({'; '.join(mismatches)}). Load it on the "
                 f"model it was trained on{', or pass check_model_name=False if only the name differs' if len(mismatches) == 1 and mismatches[0].startswith('base_model') else ''}."
             )
+        if config.get("format", 1) < CHECKPOINT_FORMAT and any(
+            spec["kind"] == "CSReFT" for spec in config["interventions"].values()
+        ):
+            raise ValueError(
+                f"The checkpoint in {path} was written by csreft_lite {config.get('version', '0.1')}, where every CS-ReFT "
+                f"layer had a router of its own reading that layer's f5+l5 positions. Since 0.2 one router reads the "
+                f"instruction's tokens and gates every layer, so these weights cannot be reused: retrain, or load it "
+                f"with csreft_lite 0.1.0."
+            )
         share = config["share_positions"]
         by_layer = {}
         for layer in config["layers"]:
             spec = config["interventions"][_key(layer, None if share else "first")]
             by_layer[layer] = build(spec["kind"], spec["config"])
-        reft = cls(model, by_layer, positions=config["positions"], share_positions=share)
+        routing = config.get("router")
+        router = build("Router", routing["config"]) if routing else None
+        reft = cls(model, by_layer, positions=config["positions"], share_positions=share, router=router,
+                   router_layer=routing["layer"] if routing else None)
         state = load_file(str(path / WEIGHTS_FILE))
         ours = reft.state_dict()
         bad = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in ours.items() if k in state and state[k].shape != v.shape]

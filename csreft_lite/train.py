@@ -66,6 +66,7 @@ def train(
     checkpoint_dir: str | None = None,
     save_every: int | None = None,
     resume: bool = False,
+    callback=None,
 ) -> TrainHistory:
     """Train the interventions of ``reft`` on a tokenized ``dataset`` (from ``data.make_dataset``).
 
@@ -79,6 +80,7 @@ def train(
     already seen, so an interrupted run ends where an uninterrupted one would.
     Under ``accelerate launch`` each process sees its shard of the data: ``epochs`` counts
     passes over the whole data set, and ``max_steps`` optimiser steps.
+    ``callback(history)`` runs after every optimiser step (e.g. to measure a held-out loss as training goes).
     """
     from accelerate import Accelerator
 
@@ -142,6 +144,8 @@ def train(
                 running, micro = 0.0, 0
                 bar.update(1)
                 bar.set_postfix(loss=f"{history.losses[-1]:.3f}")
+                if callback is not None:
+                    callback(history)
                 if checkpoint_dir and save_every and history.steps % save_every == 0:
                     _save(accelerator, model, optimizer, checkpoint_dir, history.steps)
                 if history.steps >= total:

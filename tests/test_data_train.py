@@ -1,5 +1,6 @@
 """Data preparation and the training loop, on the course model's tokenizer and a tiny random model."""
 
+import math
 import warnings
 
 import pytest
@@ -151,3 +152,100 @@ def test_bare_chat_template_is_the_models_chat_turn_without_the_system_prompt(to
     assert full.endswith(bare) and full != bare
     assert "system" in full[: -len(bare)] and "system" not in bare
     assert len(tok(bare)["input_ids"]) < len(tok(full)["input_ids"]) / 2 + 2
+
+
+# ------------------------------------------------------------------ instruction spans and routing
+
+
+@pytest.mark.parametrize("template", ["auto", "alpaca", "plain", data.BARE_CHAT_TEMPLATE])
+def test_instruction_span_covers_exactly_the_instructions_tokens(tok, template):
+    text = "Write the plural of this word: Garden"
+    ids, (start, end) = data.encode_prompt(tok, text, template)
+    assert tok.decode(ids[start:end]).strip() == text
+    row = data.tokenize_example(tok, {"instruction": text, "output": "Gardens"}, template)
+    assert row["instruction_span"] == [start, end] and row["input_ids"][: row["prompt_length"]] == ids
+
+
+def test_instruction_span_of_a_chat_record_is_its_last_user_message(tok):
+    messages = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi!"}, {"role": "user", "content": "Name a fruit."}]
+    ids, (start, end) = data.encode_prompt(tok, messages)
+    assert tok.decode(ids[start:end]) == "Name a fruit."
+    with pytest.raises(ValueError, match="needs a user message"):
+        data.encode_prompt(tok, [{"role": "system", "content": "Be brief."}])
+
+
+def test_a_prompt_without_instruction_text_gets_an_empty_span_and_a_clear_error_when_routed(tok):
+    ids, span = data.encode_prompt(tok, "   ", "plain")
+    assert span == (0, 0)
+    model = _tokenizer_sized_llama(tok)
+    reft = cl.ReftModel(model, {1: cl.CSReFT(32, 2, 3)}, positions="f2+l2")
+    with pytest.raises(ValueError, match=r"\[0, 0\).*no instruction text for the router"):
+        evaluate.generate_answers(reft, tok, ["   "], template="plain", max_new_tokens=1)
+
+
+def _tokenizer_sized_llama(tok):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                         num_key_value_heads=2, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, initializer_range=0.3)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_the_same_prompt_gets_the_same_gates_in_a_padded_training_batch_and_in_batched_generation(tok):
+    """Training batches are right-padded, generation batches left-padded and grouped differently; the router must not care."""
+    from .tiny import randomize
+
+    model = _tokenizer_sized_llama(tok)
+    reft = cl.ReftModel(model, {1: cl.CSReFT(32, 2, 3), 2: cl.CSReFT(32, 2, 3)}, positions="f3+l3",
+                        router=cl.Router(32, 3, gating="soft"), router_layer=0)
+    randomize(reft)
+    records = [
+        {"instruction": "Write the plural of this word: Garden", "output": "Gardens"},
+        {"instruction": "Hi", "output": "Hello there, how can I help you today?"},
+        {"instruction": "Write the first letter of this word: Tiger, and then say nothing else at all", "output": "T"},
+    ]
+    rows = data.make_dataset(records, tok, template=data.BARE_CHAT_TEMPLATE)
+    batch = data.collator_for(tok)([rows[i] for i in range(3)])  # right padding, whole responses included
+    with torch.no_grad():
+        reft(**batch)
+    training_gates = reft.last_gates.clone()
+    seen = []
+    original = reft.router.forward
+    reft.router.forward = lambda summary: seen.append(original(summary)) or seen[-1]
+    evaluate.generate_answers(reft, tok, [r["instruction"] for r in reversed(records)], batch_size=2,
+                              template=data.BARE_CHAT_TEMPLATE, max_new_tokens=2)  # left padding, other groups
+    generation_gates = torch.cat(seen).flip(0)
+    assert len(seen) == 2  # one routing per batch: at the prefill, never at decode steps
+    assert torch.allclose(training_gates, generation_gates, atol=1e-5)
+    assert not torch.allclose(training_gates[0], training_gates[1], atol=1e-3)  # the gates do depend on the prompt
+
+
+def test_routing_nmi_is_one_for_a_subspace_per_skill_and_zero_for_collapse():
+    skills = ["a"] * 4 + ["b"] * 4 + ["c"] * 4
+    assert evaluate.routing_nmi(skills, [2] * 4 + [0] * 4 + [1] * 4) == pytest.approx(1.0)  # any labelling of subspaces
+    assert evaluate.routing_nmi(skills, [0] * 12) == 0.0  # one subspace for everything
+    assert evaluate.routing_nmi(skills, [0, 1, 2, 3] * 3) == pytest.approx(0.0, abs=1e-12)  # independent of the skill
+    shared = evaluate.routing_nmi(skills, [0] * 4 + [1] * 8)  # b and c share a subspace
+    # by hand: I = H(choice) = H(1/3, 2/3); H(skill) = log 3
+    h_choice = -(1 / 3 * math.log(1 / 3) + 2 / 3 * math.log(2 / 3))
+    assert shared == pytest.approx(h_choice / ((math.log(3) + h_choice) / 2))
+    assert round(shared, 2) == 0.73
+    with pytest.raises(ValueError, match="one choice per example"):
+        evaluate.routing_nmi(skills, [0])
+
+
+def test_route_gives_the_gates_generation_uses(tok):
+    from .tiny import randomize
+
+    model = _tokenizer_sized_llama(tok)
+    reft = cl.ReftModel(model, {1: cl.CSReFT(32, 2, 3)}, positions="f2+l2", router=cl.Router(32, 3, gating="topk"))
+    randomize(reft)
+    prompts = ["Write the plural of this word: Garden", "Hi", "Name a fruit."]
+    gates, probs = evaluate.route(reft, tok, prompts, batch_size=2)
+    assert gates.shape == probs.shape == (3, 3)
+    assert torch.equal(gates, torch.nn.functional.one_hot(probs.argmax(-1), 3).float())
+    evaluate.generate_answers(reft, tok, prompts[2:], max_new_tokens=1)
+    assert torch.equal(reft.last_gates, gates[2:])
+    with pytest.raises(ValueError, match="needs a ReftModel with a router"):
+        evaluate.route(cl.ReftModel(model, {2: cl.LoReFT(32, 2)}), tok, prompts)

@@ -90,58 +90,93 @@ def test_csreft_subspaces_are_orthonormal_and_mutually_orthogonal():
 def test_csreft_equals_the_gated_sum_of_subspace_edits():
     cs = _perturbed(cl.CSReFT(D, R, n_subspaces=3))
     h = torch.randn(2, 4, D)
-    out = cs(h)
-    g = cs.last_gates  # [batch, k]
+    g = torch.rand(2, 3)  # [batch, k]
+    out = cs(h, gates=g)
     Rk, W, b = cs.R, cs.W, cs.b
     expected = h.clone()
     for i in range(3):
         edit = (h @ W[i].T + b[i] - h @ Rk[i].T) @ Rk[i]
         expected = expected + g[:, i, None, None] * edit
     assert torch.allclose(out, expected, atol=1e-5)
-    assert ((g >= 0) & (g <= 1)).all()
+    rows = cs(h.reshape(8, D), gates=g.repeat_interleave(4, 0))  # [n, d] rows, one gate vector each
+    assert torch.allclose(rows, out.reshape(8, D), atol=1e-5)
 
 
 def test_csreft_all_gates_zero_is_exactly_the_identity():
     cs = _perturbed(cl.CSReFT(D, R, n_subspaces=3))
     h = torch.randn(2, 4, D)
-    with cs.force_gates([0, 0, 0]):
-        assert torch.equal(cs(h), h)
+    assert torch.equal(cs(h, gates=torch.zeros(3)), h)
 
 
-def test_forcing_one_gate_applies_exactly_that_subspace():
+def test_one_gate_applies_exactly_that_subspace():
     cs = _perturbed(cl.CSReFT(D, R, n_subspaces=3))
     h = torch.randn(2, 4, D)
-    with cs.force_gates([0, 1, 0]):
-        out = cs(h)
+    out = cs(h, gates=torch.tensor([0.0, 1.0, 0.0]))
     Rk, W, b = cs.R, cs.W, cs.b
     expected = h + (h @ W[1].T + b[1] - h @ Rk[1].T) @ Rk[1]
     assert torch.allclose(out, expected, atol=1e-5)
-    assert cs.forced_gates is None  # restored after the block
 
 
-def test_topk_gating_keeps_k_gates_and_hard_gating_thresholds_in_eval():
-    top = _perturbed(cl.CSReFT(D, R, n_subspaces=4, gating="topk", top_k=2))
-    top(torch.randn(5, 3, D))
-    assert ((top.last_gates > 0).sum(-1) <= 2).all()
-    hard = _perturbed(cl.CSReFT(D, R, n_subspaces=4, gating="hard")).eval()
-    hard(torch.randn(5, 3, D))
-    assert set(hard.last_gates.unique().tolist()) <= {0.0, 1.0}
+def test_csreft_without_gates_or_with_the_wrong_number_says_what_to_pass():
+    cs = cl.CSReFT(D, R, n_subspaces=3)
+    with pytest.raises(ValueError, match="needs gates"):
+        cs(torch.randn(2, 4, D))
+    with pytest.raises(ValueError, match=r"3 subspaces.*pass \[2, 3\]"):
+        cs(torch.randn(2, 4, D), gates=torch.ones(2, 2))
 
 
-def test_router_reads_the_masked_mean_of_the_positions():
-    cs = _perturbed(cl.CSReFT(D, R, n_subspaces=2))
-    h = torch.randn(1, 4, D)
-    mask = torch.tensor([[True, True, False, False]])
-    noisy = h.clone()
-    noisy[:, 2:] += 100.0  # masked positions must not change the gates
-    assert torch.allclose(cs.gates(h, mask), cs.gates(noisy, mask))
+def test_topk_gates_are_one_hot_forward_with_the_probabilities_gradient():
+    router = _perturbed(cl.Router(D, 4, gating="topk", top_k=1))
+    x = torch.randn(6, D)
+    g = router(x)
+    p = router.last_probs
+    assert torch.equal(g.detach(), torch.nn.functional.one_hot(p.argmax(-1), 4).float())
+    assert torch.allclose(p.sum(-1), torch.ones(6))  # softmax
+    weights = torch.randn(6, 4)
+    (grad_g,) = torch.autograd.grad((g * weights).sum(), router.net.weight)
+    (grad_p,) = torch.autograd.grad((router.probabilities(x) * weights).sum(), router.net.weight)
+    assert torch.allclose(grad_g, grad_p)  # straight-through: the backward pass of the probabilities
+    two = _perturbed(cl.Router(D, 4, gating="topk", top_k=2))
+    assert (two(x).detach().sum(-1) == 2).all()
 
 
-def test_sparsity_penalty_is_lambda_times_mean_gate_sum():
-    cs = _perturbed(cl.CSReFT(D, R, n_subspaces=3, sparsity=0.1))
-    cs(torch.randn(4, 2, D))
-    assert torch.allclose(cs.penalty(), 0.1 * cs.last_gates.sum(-1).mean())
-    assert cl.CSReFT(D, R, n_subspaces=3).penalty() is None
+def test_soft_gates_are_sigmoids_and_hard_gates_threshold_them_at_one_half():
+    soft = _perturbed(cl.Router(D, 3, gating="soft"))
+    hard = cl.Router(D, 3, gating="hard")
+    hard.load_state_dict(soft.state_dict())
+    x = torch.randn(8, D)
+    p = torch.sigmoid(soft.net(torch.nn.functional.layer_norm(x, (D,))))
+    assert torch.allclose(soft(x), p, atol=1e-6)
+    assert torch.equal(hard(x).detach(), (p > 0.5).float())
+    assert torch.equal(hard.train()(x).detach(), hard.eval()(x).detach())  # the same in training and evaluation
+
+
+def test_balance_loss_against_an_independent_computation():
+    import numpy as np
+
+    probs = torch.rand(5, 3) + 0.01
+    q = (probs / probs.sum(-1, keepdim=True)).double().numpy()
+
+    def entropy(row):
+        return -sum(x * np.log(x) for x in row)
+
+    expected = np.mean([entropy(row) for row in q]) - entropy(q.mean(0))
+    assert abs(cl.balance_loss(probs).item() - expected) < 1e-6
+    k = 4
+    one_each = torch.eye(k).repeat(3, 1)  # 12 inputs, each sure of its subspace, all subspaces equally used
+    assert abs(cl.balance_loss(one_each).item() + np.log(k)) < 1e-5  # the minimum, −log k
+    collapsed = torch.tensor([[0.7, 0.1, 0.1, 0.1]]).repeat(6, 1)  # every input the same distribution
+    assert abs(cl.balance_loss(collapsed).item()) < 1e-6  # 0: router collapse
+
+
+def test_router_penalty_is_sparsity_plus_balance_of_the_last_call():
+    router = _perturbed(cl.Router(D, 3, gating="soft", sparsity=0.1, balance=2.0))
+    router(torch.randn(4, D))
+    p = router.last_probs
+    assert torch.allclose(router.penalty(), 0.1 * p.sum(-1).mean() + 2.0 * cl.balance_loss(p))
+    plain = cl.Router(D, 3)
+    plain(torch.randn(4, D))
+    assert plain.penalty() is None
 
 
 def test_router_parameter_counts_linear_and_paper_mlp():
@@ -162,8 +197,8 @@ def test_bf16_inputs_come_back_in_bf16_with_float32_parameters():
     [
         (lambda: cl.LoReFT(8, 9), "hidden size is only 8"),
         (lambda: cl.CSReFT(16, 4, n_subspaces=5), "20 orthonormal directions"),
-        (lambda: cl.CSReFT(16, 2, gating="sharp"), "gating must be one of"),
-        (lambda: cl.CSReFT(16, 2, n_subspaces=4, gating="topk"), "top_k"),
+        (lambda: cl.Router(16, 2, gating="sharp"), "gating must be one of"),
+        (lambda: cl.Router(16, 4, gating="topk", top_k=5), "top_k"),
         (lambda: build("LoRA", {}), "Unknown intervention kind"),
     ],
 )
@@ -177,8 +212,23 @@ def test_wrong_hidden_size_names_both_sizes():
         cl.LoReFT(16, 2)(torch.randn(3, 8))
 
 
-def test_force_gates_needs_one_value_per_subspace():
-    cs = cl.CSReFT(16, 2, n_subspaces=3)
-    with pytest.raises(ValueError, match="3 values"):
-        with cs.force_gates([1, 0]):
-            pass
+def test_a_frozen_subspace_does_not_move_while_the_others_train():
+    cs = _perturbed(cl.CSReFT(D, R, n_subspaces=3))
+    cs.freeze_subspaces(0)
+    before = [t.detach().clone() for t in (cs.R[0], cs.W[0], cs.b[0])]
+    optimizer = torch.optim.AdamW(cs.parameters(), lr=1e-2, weight_decay=0.0)
+    h, target = torch.randn(8, D), torch.randn(8, D)
+    for _ in range(20):  # train subspaces 1 and 2 only (gate 0 shut); their bases depend on subspace 0's raw rows
+        loss = (cs(h, gates=torch.tensor([0.0, 1.0, 1.0])) - target).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = (cs.R[0], cs.W[0], cs.b[0])
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert not torch.allclose(cs.W[1], _perturbed(cl.CSReFT(D, R, n_subspaces=3)).W[1])  # the others did learn
+    unfrozen = _perturbed(cl.CSReFT(D, R, n_subspaces=3))
+    loss = (unfrozen(h, gates=torch.tensor([0.0, 1.0, 1.0])) - target).pow(2).mean()
+    loss.backward()
+    assert unfrozen.R_raw.grad[:R].abs().sum() > 0  # why freezing is needed: gate 0 shut still moves subspace 0's R
+    with pytest.raises(ValueError, match="subspaces 0 to 2; cannot freeze 3"):
+        cs.freeze_subspaces(3)

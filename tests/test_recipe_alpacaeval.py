@@ -82,9 +82,9 @@ def test_budget_arithmetic_on_llama2_7b():
     assert loreft["parameters"] == 8 * (2 * 4 * 4096 + 4)  # R and W (4 × 4096 each) and b, 8 untied interventions
     assert round(loreft["share_%"], 4) == 0.0039  # the ReFT paper's figure: our counting agrees with theirs
     linear = rows["CS-ReFT k=4 r=4, linear router"]
-    assert linear["parameters"] == 8 * (4 * (2 * 4 * 4096 + 4) + 4096 * 4 + 4)
+    assert linear["parameters"] == 8 * 4 * (2 * 4 * 4096 + 4) + (4096 * 4 + 4)  # 8 × 4 subspaces, one shared router
     paper_router = 4096 * 2048 + 2048 + 2048 * 4 + 4  # d → d/2 → 4
-    assert rows["CS-ReFT k=4 r=4, paper router"]["parameters"] - linear["parameters"] == 8 * (paper_router - (4096 * 4 + 4))
+    assert rows["CS-ReFT k=4 r=4, paper router"]["parameters"] - linear["parameters"] == paper_router - (4096 * 4 + 4)
     assert round(100 * paper_router / ae.LLAMA2_7B["n_params"], 3) == 0.125  # one paper router: 13× the claimed total
     assert [r["share_%"] for r in ae.budget_rows(ae.make_config(smoke=False)) if r["method"] == "CS-ReFT (paper)"] == [0.0098]
 
@@ -285,7 +285,8 @@ def _rows(n=10):
     for i in range(n):
         length = 6 + i % 5
         ids = torch.randint(3, 100, (length + 4,), generator=g).tolist()
-        rows.append({"input_ids": ids, "labels": [-100] * length + ids[length:], "prompt_length": length})
+        rows.append({"input_ids": ids, "labels": [-100] * length + ids[length:], "prompt_length": length,
+                     "instruction_span": [1, length - 1]})
     return rows
 
 

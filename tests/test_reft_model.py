@@ -18,15 +18,21 @@ def model():
     return tiny_llama()
 
 
-def make_reft(model, positions="f3+l3", share=True, kinds=("LoReFT", "CSReFT")):
+def make_reft(model, positions="f3+l3", share=True, kinds=("LoReFT", "CSReFT"), router=None):
     built = {"LoReFT": lambda: cl.LoReFT(D, 4), "DiReFT": lambda: cl.DiReFT(D, 4), "CSReFT": lambda: cl.CSReFT(D, 2, 3)}
-    reft = cl.ReftModel(model, {layer: built[k]() for layer, k in zip((1, 2), kinds)}, positions=positions, share_positions=share)
+    reft = cl.ReftModel(model, {layer: built[k]() for layer, k in zip((1, 2), kinds)}, positions=positions,
+                        share_positions=share, router=router)
     randomize(reft)
     return reft
 
 
 def ids(batch=2, seq=12, seed=0):
     return torch.randint(3, 101, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def spans(batch=2, start=1, end=5):
+    """Instruction spans for a routed model: tokens [start, end) of every prompt."""
+    return torch.tensor([[start, end]] * batch)
 
 
 # ------------------------------------------------------------------ positions
@@ -75,7 +81,7 @@ def test_remove_restores_bit_identical_logits(model):
     x = ids()
     base = model(x).logits
     reft = make_reft(model)
-    edited = reft(x).logits
+    edited = reft(x, instruction_spans=spans()).logits
     assert not torch.allclose(edited, base)
     reft.remove()
     assert torch.equal(model(x).logits, base)
@@ -87,7 +93,7 @@ def test_with_block_and_disabled_restore_the_base_model(model):
     with make_reft(model) as reft:
         with reft.disabled():
             assert torch.equal(reft(x).logits, base)
-        assert not torch.allclose(reft(x).logits, base)
+        assert not torch.allclose(reft(x, instruction_spans=spans()).logits, base)
     assert torch.equal(model(x).logits, base)
 
 
@@ -95,7 +101,7 @@ def test_calling_the_base_model_directly_is_not_edited(model):
     x = ids()
     base = model(x).logits
     reft = make_reft(model)
-    reft(x)
+    reft(x, instruction_spans=spans())
     assert torch.equal(model(x).logits, base)  # hooks act only inside ReftModel calls
 
 
@@ -103,7 +109,8 @@ def test_base_weights_frozen_and_only_interventions_train(model):
     reft = make_reft(model)
     assert not any(p.requires_grad for p in model.parameters())
     names = [n for n, _ in reft.named_parameters()]
-    assert names and all(n.startswith("interventions.") for n in names)
+    assert names and all(n.startswith(("interventions.", "router.")) for n in names)
+    assert any(n.startswith("router.") for n in names)  # the shared router trains too
 
 
 def test_only_the_chosen_positions_change(model):
@@ -112,7 +119,7 @@ def test_only_the_chosen_positions_change(model):
         model(x)
     reft = make_reft(model, positions="f2+l2")
     with cl.record(model, [1]) as after:
-        reft(x)
+        reft(x, instruction_spans=spans(1))
     changed = (after[1] - before[1]).abs().amax(-1)[0] > 0
     assert changed.nonzero().flatten().tolist() == [0, 1, 10, 11]
 
@@ -130,10 +137,12 @@ def test_left_and_right_padding_give_the_same_edited_logits(model, share):
     left[1] = torch.cat([torch.zeros(12 - short, dtype=torch.long), x[1, :short]])
     mask_l[1, : 12 - short] = 0
     reft = make_reft(model, share=share)
-    out_r = reft(right, mask_r).logits
-    out_l = reft(left, mask_l).logits
+    out_r = reft(right, mask_r, instruction_spans=spans()).logits
+    gates_r = reft.last_gates
+    out_l = reft(left, mask_l, instruction_spans=spans()).logits
     assert torch.allclose(out_r[0], out_l[0], atol=1e-5)
     assert torch.allclose(out_r[1, :short], out_l[1, 12 - short:], atol=1e-5)
+    assert torch.allclose(gates_r, reft.last_gates) and gates_r.shape == (2, 3)
 
 
 def test_untied_positions_use_separate_copies(model):
@@ -152,26 +161,30 @@ def test_loss_matches_the_full_model_cross_entropy_on_response_tokens(model):
     labels = x.clone()
     labels[:, :7] = -100
     reft = make_reft(model)
-    out = reft(x, labels=labels, prompt_lengths=torch.tensor([7, 7]))
-    logits = reft(x, prompt_lengths=torch.tensor([7, 7])).logits
+    out = reft(x, labels=labels, prompt_lengths=torch.tensor([7, 7]), instruction_spans=spans())
+    logits = reft(x, prompt_lengths=torch.tensor([7, 7]), instruction_spans=spans()).logits
     expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 101), labels[:, 1:].reshape(-1), ignore_index=-100)
     assert torch.allclose(out.loss, expected, atol=1e-5)
     assert out.n_tokens == 2 * 5
 
 
-def test_penalty_is_added_to_the_loss(model):
-    reft = cl.ReftModel(model, {1: cl.CSReFT(D, 2, 3, sparsity=0.5)}, positions="f2")
+def test_router_penalty_is_added_to_the_loss_only_when_the_router_ran(model):
+    router = cl.Router(D, 3, gating="soft", sparsity=0.5, balance=1.0)
+    reft = cl.ReftModel(model, {1: cl.CSReFT(D, 2, 3)}, positions="f2", router=router)
     x = ids()
     labels = x.clone()
-    out = reft(x, labels=labels)
+    out = reft(x, labels=labels, instruction_spans=spans())
     assert out.penalty is not None and torch.allclose(out.loss, out.ce_loss + out.penalty)
+    assert torch.allclose(out.penalty, router.penalty().detach())
+    with reft.force_gates([1, 0, 0]):  # no router in this call, so no router penalty from an earlier one
+        assert reft(x, labels=labels).penalty is None
 
 
 def test_all_labels_masked_is_refused(model):
     reft = make_reft(model)
     x = ids()
     with pytest.raises(ValueError, match="no response token"):
-        reft(x, labels=torch.full_like(x, -100))
+        reft(x, labels=torch.full_like(x, -100), instruction_spans=spans())
 
 
 def test_gradients_reach_every_intervention(model):
@@ -179,7 +192,7 @@ def test_gradients_reach_every_intervention(model):
     x = ids()
     labels = x.clone()
     labels[:, :6] = -100
-    reft(x, labels=labels, prompt_lengths=torch.tensor([6, 6])).loss.backward()
+    reft(x, labels=labels, prompt_lengths=torch.tensor([6, 6]), instruction_spans=spans()).loss.backward()
     for name, p in reft.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
@@ -190,11 +203,11 @@ def test_gradients_reach_every_intervention(model):
 def test_generate_edits_the_prompt_only_and_matches_a_manual_loop(model):
     x = ids(batch=1, seq=10)
     reft = make_reft(model)
-    out = reft.generate(x, max_new_tokens=4, do_sample=False)
+    out = reft.generate(x, instruction_spans=spans(1), max_new_tokens=4, do_sample=False)
     # Manual greedy decoding: recompute the whole sequence each step with edits on the prompt only.
     seq = x
     for _ in range(4):
-        logits = reft(seq, prompt_lengths=torch.tensor([10])).logits
+        logits = reft(seq, prompt_lengths=torch.tensor([10]), instruction_spans=spans(1)).logits
         seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(out, seq)
 
@@ -206,9 +219,11 @@ def test_batched_left_padded_generation_matches_one_by_one(model):
     mask = torch.zeros(2, 10, dtype=torch.long)
     batch[0], mask[0] = a[0], 1
     batch[1, 3:], mask[1, 3:] = b[0], 1
-    together = reft.generate(batch, mask, max_new_tokens=3, do_sample=False)
-    alone_b = reft.generate(b, max_new_tokens=3, do_sample=False)
+    together = reft.generate(batch, mask, instruction_spans=spans(2), max_new_tokens=3, do_sample=False)
+    gates_together = reft.last_gates
+    alone_b = reft.generate(b, instruction_spans=spans(1), max_new_tokens=3, do_sample=False)
     assert torch.equal(together[1, 10:], alone_b[0, 7:])
+    assert torch.allclose(gates_together[1], reft.last_gates[0], atol=1e-6)
 
 
 def test_generate_refuses_right_padding(model):
@@ -217,7 +232,7 @@ def test_generate_refuses_right_padding(model):
     mask = torch.ones_like(x)
     mask[1, -2:] = 0
     with pytest.raises(ValueError, match="left padding"):
-        reft.generate(x, mask, max_new_tokens=2)
+        reft.generate(x, mask, instruction_spans=spans(), max_new_tokens=2)
 
 
 # ------------------------------------------------------------------ save and load
@@ -226,15 +241,22 @@ def test_generate_refuses_right_padding(model):
 @pytest.mark.parametrize("share", [True, False])
 def test_save_then_load_gives_identical_outputs(model, tmp_path, share):
     x = ids()
-    reft = make_reft(model, share=share)
-    expected = reft(x).logits
+    router = cl.Router(D, 3, hidden=8, gating="soft", sparsity=0.1, balance=0.5)
+    reft = cl.ReftModel(model, {1: cl.CSReFT(D, 2, 3), 2: cl.LoReFT(D, 4), 3: cl.CSReFT(D, 2, 3)}, positions="f3+l3",
+                        share_positions=share, router=router, router_layer=0)
+    randomize(reft)
+    expected = reft(x, instruction_spans=spans()).logits
+    expected_gates = reft.last_gates
     reft.save(tmp_path / "ckpt")
     reft.remove()
     config = json.loads((tmp_path / "ckpt" / "reft_config.json").read_text())
     assert config["base_model"] == "tiny-llama-32x4" and config["hidden_size"] == D
+    assert config["router"] == {"layer": 0, "config": router.config()}
     assert not list(tmp_path.glob("ckpt/*.bin")) and not list(tmp_path.glob("ckpt/*.pt"))
     loaded = cl.ReftModel.load(tmp_path / "ckpt", model)
-    assert torch.equal(loaded(x).logits, expected)
+    assert torch.equal(loaded(x, instruction_spans=spans()).logits, expected)
+    assert torch.equal(loaded.last_gates, expected_gates)
+    assert loaded.router_layer == 0 and loaded.router.config() == router.config()
 
 
 def test_loading_into_another_model_names_both_sides(model, tmp_path):
@@ -292,7 +314,7 @@ def test_inputs_on_another_device_are_refused(model):
 def test_bf16_model_with_float32_interventions(model):
     model = model.to(torch.bfloat16)
     reft = make_reft(model)
-    out = reft(ids()).logits
+    out = reft(ids(), instruction_spans=spans()).logits
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
     assert all(p.dtype == torch.float32 for p in reft.parameters())
 
@@ -322,21 +344,88 @@ def test_summary_and_parameter_share(model):
     assert f"{n:,} trainable parameters" in reft.summary() and "layers [1]" in reft.summary()
 
 
-def test_force_gates_sets_every_routed_intervention_and_restores_the_router(model):
+def test_force_gates_sets_every_routed_layer_and_restores_the_router(model):
     reft = cl.ReftModel(model, {1: cl.CSReFT(D, 2, 3), 2: cl.CSReFT(D, 2, 3)}, positions="f3+l3")
     randomize(reft)
     x = ids()
     with torch.no_grad():
-        routed = reft(input_ids=x).logits
+        routed = reft(input_ids=x, instruction_spans=spans()).logits
         with reft.force_gates([0, 0, 0]):
-            closed = reft(input_ids=x).logits
-            assert all(torch.equal(g, torch.zeros_like(g)) for g in reft.gates().values())
+            closed = reft(input_ids=x).logits  # forced gates need no spans
+            assert torch.equal(reft.last_gates, torch.zeros(2, 3))
+        with reft.force_gates([[1, 0, 0], [0, 0, 1]]):  # per example
+            reft(input_ids=x)
+            assert torch.equal(reft.last_gates, torch.tensor([[1.0, 0, 0], [0, 0, 1]]))
         with reft.disabled():
             base = reft(input_ids=x).logits
-        after = reft(input_ids=x).logits
+        after = reft(input_ids=x, instruction_spans=spans()).logits
     assert torch.allclose(closed, base, atol=1e-5)  # every gate shut at every layer: the base model
     assert not torch.allclose(routed, base, atol=1e-3)
     assert torch.equal(after, routed)  # the router is back
+
+
+def test_one_router_gates_every_layer_with_the_same_gates(model):
+    reft = cl.ReftModel(model, {1: cl.CSReFT(D, 2, 3), 3: cl.CSReFT(D, 2, 3)}, positions="f3+l3", router_layer=0)
+    randomize(reft)
+    seen = []
+    for key in ("layer1", "layer3"):
+        reft.interventions[key].register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs["gates"]), with_kwargs=True)
+    reft(ids(), instruction_spans=spans())
+    assert len(seen) == 2 and seen[0] is seen[1]  # computed once, handed to both layers
+    assert torch.equal(seen[0].detach(), reft.last_gates)
+
+
+def test_the_router_reads_the_mean_over_the_instruction_span_only(model):
+    reft = cl.ReftModel(model, {2: cl.CSReFT(D, 2, 3)}, positions="f3+l3", router=cl.Router(D, 3, gating="soft"), router_layer=1)
+    randomize(reft)
+    x = ids(batch=1, seq=12)
+    with torch.no_grad():
+        with cl.record(model, [1]) as states:
+            reft(x, instruction_spans=torch.tensor([[3, 7]]))
+        expected = reft.router(states[1][:, 3:7].mean(1))
+        assert torch.allclose(reft.last_gates, expected, atol=1e-6)
+        changed = x.clone()
+        changed[0, 9:] = 5  # tokens after the span (and their positions) change nothing in the summary of layer 1
+        reft(changed, instruction_spans=torch.tensor([[3, 7]]))
+        assert torch.allclose(reft.last_gates, expected, atol=1e-6)
+
+
+def test_bad_or_missing_instruction_spans_are_clear_errors(model):
+    reft = make_reft(model)
+    x = ids(batch=2, seq=12)
+    with pytest.raises(ValueError, match="pass instruction_spans"):
+        reft(x)
+    with pytest.raises(ValueError, match=r"Example 1 has the instruction span \[4, 20\) in a prompt of 12 tokens"):
+        reft(x, instruction_spans=torch.tensor([[1, 4], [4, 20]]))
+    with pytest.raises(ValueError, match=r"Example 0 .*\[3, 3\).*no instruction"):
+        reft(x, instruction_spans=torch.tensor([[3, 3], [1, 4]]))
+    with pytest.raises(ValueError, match=r"must be \[batch, 2\] = \[2, 2\]"):
+        reft(x, instruction_spans=torch.tensor([1, 4]))
+    with pytest.raises(ValueError, match="in a prompt of 6 tokens"):  # the span must lie inside the prompt
+        reft(x, prompt_lengths=torch.tensor([6, 6]), instruction_spans=torch.tensor([[1, 4], [2, 8]]))
+
+
+def test_router_placement_and_shape_mistakes_are_named(model):
+    with pytest.raises(ValueError, match="router_layer=2 is above the first CS-ReFT layer \\(1\\)"):
+        cl.ReftModel(model, {1: cl.CSReFT(D, 2, 3)}, router_layer=2)
+    with pytest.raises(ValueError, match="same n_subspaces; got \\[2, 3\\]"):
+        cl.ReftModel(model, {1: cl.CSReFT(D, 2, 3), 2: cl.CSReFT(D, 2, 2)})
+    with pytest.raises(ValueError, match=r"cl.Router\(32, 3\)"):
+        cl.ReftModel(model, {1: cl.CSReFT(D, 2, 3)}, router=cl.Router(D, 4))
+    with pytest.raises(ValueError, match="none was given"):
+        cl.ReftModel(model, {1: cl.LoReFT(D, 2)}, router=cl.Router(D, 3))
+
+
+def test_a_checkpoint_with_per_layer_routers_from_version_0_1_gets_a_clear_error(model, tmp_path):
+    make_reft(model).save(tmp_path / "ckpt")
+    config_file = tmp_path / "ckpt" / "reft_config.json"
+    config = json.loads(config_file.read_text())
+    config.pop("format"), config.pop("router")  # what csreft_lite 0.1 wrote
+    config["version"] = "0.1.0"
+    config["interventions"]["layer2"]["config"].update(router_hidden=None, gating="soft", top_k=None, sparsity=0.0)
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="written by csreft_lite 0.1.0.*router of its own.*retrain, or load it with csreft_lite 0.1.0"):
+        cl.ReftModel.load(tmp_path / "ckpt", tiny_llama())
 
 
 def test_force_gates_without_routed_interventions_is_an_error(model):

@@ -6,7 +6,7 @@
     accelerate launch -m csreft_lite.recipes.alpacaeval --config configs/alpacaeval_llama2_7b.yaml   # several GPUs
 
 Where the configuration comes from. The CS-ReFT paper (arXiv 2503.10617) states k = 4 subspaces and
-a router d → d/2 (ReLU) → 4 (sigmoid) with a 0.5 threshold for hard gating; it does not state the
+one router ρ = Router(x), d → d/2 (ReLU) → 4 (sigmoid), with a 0.5 threshold for hard gating; it does not state the
 layers, positions, rank, data, learning rate or epochs, so those come from the LoReFT AlpacaEval
 recipe (ReFT paper §4.4 and App. D): UltraFeedback, layers 3;9;18;24, rank 4, positions f5+l5 with
 untied weights, AdamW lr 9e-4 without weight decay, linear schedule, 9 epochs, effective batch 128,
@@ -68,9 +68,11 @@ class RecipeConfig:
     share_positions: bool = False  # untied: first-5 and last-5 positions get separate interventions
     rank: int = 4  # per subspace
     n_subspaces: int = 4
-    router: str = "linear"  # "linear" (d → k, fits the paper's budget) or "paper" (d → d/2 → k, 8.4M per layer)
-    gating: str = "hard"  # the paper's 0.5 threshold at evaluation (soft while training); or "soft"
+    router: str = "linear"  # one router for all layers: "linear" (d → k, fits the paper's budget) or "paper" (d → d/2 → k, 8.4M)
+    gating: str = "hard"  # the paper's sigmoid with a 0.5 threshold (straight-through while training); or "soft", "topk"
     sparsity: float = 0.0  # λ of the gate penalty; not stated in the paper
+    balance: float = 0.0  # weight of the balance term (csreft_lite.balance_loss); ours, not in the paper
+    router_layer: int | None = None  # the layer whose instruction tokens the router reads; None: the first edited layer
     # data
     train_dataset: str = "openbmb/UltraFeedback"  # or "HuggingFaceH4/ultrafeedback_binarized" (split train_sft), or a .json file
     train_split: str = "train"
@@ -179,25 +181,30 @@ def say(config: RecipeConfig, *parts) -> None:
 # ---------------------------------------------------------------- the parameter budget
 
 
-def make_intervention(config: RecipeConfig, d_model: int, router: str | None = None) -> cl.CSReFT:
-    """One CS-ReFT intervention as configured (``router`` overrides ``config.router``)."""
+def make_intervention(config: RecipeConfig, d_model: int) -> cl.CSReFT:
+    """One CS-ReFT intervention (the k subspaces of one layer and position group) as configured."""
+    return cl.CSReFT(d_model, rank=config.rank, n_subspaces=config.n_subspaces)
+
+
+def make_router(config: RecipeConfig, d_model: int, router: str | None = None) -> cl.Router:
+    """The one router that gates every CS-ReFT layer (``router`` overrides ``config.router``)."""
     router = router or config.router
-    return cl.CSReFT(
-        d_model,
-        rank=config.rank,
-        n_subspaces=config.n_subspaces,
-        router_hidden=None if router == "linear" else d_model // 2,
-        gating=config.gating,
-        sparsity=config.sparsity,
-    )
+    return cl.Router(d_model, config.n_subspaces, hidden=None if router == "linear" else d_model // 2,
+                     gating=config.gating, sparsity=config.sparsity, balance=config.balance)
+
+
+def _numel(module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def count_parameters(config: RecipeConfig, d_model: int, router: str | None = None, kind: str = "CSReFT", shared: bool | None = None) -> int:
-    """Trainable parameters of the configured placement, by building one intervention and counting."""
+    """Trainable parameters of the configured placement, by building the modules and counting:
+    one intervention per layer and position group, plus (CS-ReFT) one router for all of them."""
     shared = config.share_positions if shared is None else shared
     groups = 1 if shared else 2
-    module = make_intervention(config, d_model, router) if kind == "CSReFT" else cl.LoReFT(d_model, config.rank)
-    return sum(p.numel() for p in module.parameters()) * len(config.layers) * groups
+    if kind == "LoReFT":
+        return _numel(cl.LoReFT(d_model, config.rank)) * len(config.layers) * groups
+    return _numel(make_intervention(config, d_model)) * len(config.layers) * groups + _numel(make_router(config, d_model, router))
 
 
 def budget_rows(config: RecipeConfig, d_model: int = LLAMA2_7B["d_model"], n_params: int = LLAMA2_7B["n_params"]) -> list[dict]:
@@ -340,7 +347,8 @@ def build_reft(model, config: RecipeConfig) -> cl.ReftModel:
     """CS-ReFT interventions at the configured layers and positions."""
     d = model.config.hidden_size
     interventions = {layer: make_intervention(config, d) for layer in config.layers}
-    return cl.ReftModel(model, interventions, positions=config.positions, share_positions=config.share_positions)
+    return cl.ReftModel(model, interventions, positions=config.positions, share_positions=config.share_positions,
+                        router=make_router(config, d), router_layer=config.router_layer)
 
 
 def grad_accum_steps(config: RecipeConfig) -> int:
