@@ -17,4 +17,4 @@ from .models import (  # noqa: F401
     load_course_model,
     load_model,
 )
-from .reft_model import ReftModel  # noqa: F401
+from .reft_model import CheckpointError, ReftModel  # noqa: F401
