@@ -3,14 +3,20 @@
 It scales out through Hugging Face Accelerate rather than a scheme of its own: the same
 function runs on a CPU, on one GPU, or on several GPUs under ``accelerate launch``.
 Only the interventions are trained; the base model stays frozen on its device.
+
+``cl.train(reft, ds, tok)`` calls ``train()`` (this module is callable); ``from csreft_lite.train
+import train, set_seed`` works too.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import random
+import sys
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,3 +206,14 @@ def _progress(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="training", unit="step", disable=not enabled, leave=False)
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``cl.train(reft, ds, tok)`` call ``train()`` while ``cl.train.set_seed`` and
+    ``from csreft_lite import train; train.train(...)`` keep working: the module stays a module."""
+
+    __call__ = staticmethod(train)
+
+
+__signature__ = inspect.signature(train)  # for help() and editors (else inspect takes 'reft' for self)
+sys.modules[__name__].__class__ = _CallableModule

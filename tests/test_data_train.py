@@ -151,3 +151,17 @@ def test_bare_chat_template_is_the_models_chat_turn_without_the_system_prompt(to
     assert full.endswith(bare) and full != bare
     assert "system" in full[: -len(bare)] and "system" not in bare
     assert len(tok(bare)["input_ids"]) < len(tok(full)["input_ids"]) / 2 + 2
+
+
+def test_cl_train_is_callable_and_still_a_module():
+    """``cl.train(reft, ds, ...)`` is what users type; the module's names stay reachable as before."""
+    import inspect
+
+    from csreft_lite.train import set_seed, train as train_function
+
+    reft = cl.ReftModel(tiny_llama(), {1: cl.LoReFT(32, 2)}, positions="l2")
+    history = cl.train(reft, _tiny_dataset(8), collator=data.Collator(0), batch_size=4, progress=False)
+    assert isinstance(history, train.TrainHistory) and history.steps == 2
+    assert cl.train.train is train_function and cl.train.set_seed is set_seed and train is cl.train
+    assert list(inspect.signature(cl.train).parameters)[:3] == ["reft", "dataset", "tokenizer"]
+
