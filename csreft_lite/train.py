@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import collator_for
+from .reft_model import WEIGHTS_FILE, CheckpointError, _check_state, _read_weights
 
 
 @dataclass
@@ -182,23 +183,54 @@ def _save(accelerator, model, optimizer, path: str, step: int) -> None:
 
 
 def _restore(accelerator, model, optimizer, path: str) -> int:
-    """Load a checkpoint written by ``_save`` into the prepared model and optimizer; return its step (0 if none)."""
-    from safetensors.torch import load_file
+    """Load a checkpoint written by ``_save`` into the prepared model and optimizer; return its step.
 
-    from .reft_model import WEIGHTS_FILE
-
+    A folder without a checkpoint starts a fresh run (0); an incomplete or damaged one is an error,
+    never silently restarted (the next save would overwrite it).
+    """
     path = Path(path)
-    if not (path / STATE_FILE).is_file():
+    present = [name for name in (WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE) if (path / name).is_file()]
+    if not present:
         return 0  # nothing to resume: a fresh run
-    meta = json.loads((path / STATE_FILE).read_text())
+    absent = [name for name in (WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE) if name not in present]
+    if absent:
+        raise CheckpointError(
+            f"Cannot resume from {path}: it has {', '.join(present)} but not {', '.join(absent)}. A training "
+            f"checkpoint (written by train(checkpoint_dir=...)) has all three; a folder written by reft.save() "
+            f"alone cannot be resumed. Pass another checkpoint_dir to start afresh, or resume=False (which "
+            f"overwrites this folder)."
+        )
+    state_file = path / STATE_FILE
+    try:
+        meta = json.loads(state_file.read_text())
+        step, groups = int(meta["step"]), meta["param_groups"]
+        if step < 0 or not isinstance(groups, list):
+            raise ValueError(f"step {step}, param_groups of type {type(groups).__name__}")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(
+            f"Cannot resume: {state_file} is damaged ({type(error).__name__}: {error}); it should hold the step "
+            f"reached and the optimizer's settings. Resume from an earlier copy of the folder, or pass resume=False "
+            f"to start afresh."
+        ) from error
+    # Read and check everything first, then load: a failed resume leaves the interventions as they were.
     reft = accelerator.unwrap_model(model)
-    reft.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
-    state: dict = {}
-    for key, value in load_file(str(path / OPTIMIZER_FILE)).items():
-        i, name = key.split(".", 1)
-        state.setdefault(int(i), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    return int(meta["step"])
+    weights = _read_weights(path / WEIGHTS_FILE)
+    _check_state(path / WEIGHTS_FILE, weights, reft.state_dict(), fit="this run's interventions",
+                 fix="Resume with the interventions, layers and positions that wrote the checkpoint.")
+    moments = _read_weights(path / OPTIMIZER_FILE)
+    try:
+        state: dict = {}
+        for key, value in moments.items():
+            i, name = key.split(".", 1)
+            state.setdefault(int(i), {})[name] = value
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError, TypeError, RuntimeError) as error:
+        raise CheckpointError(
+            f"Cannot resume: the optimizer state in {path / OPTIMIZER_FILE} does not fit these interventions "
+            f"({error}). Resume with the interventions that wrote the checkpoint, or pass resume=False to start afresh."
+        ) from error
+    reft.load_state_dict(weights)
+    return step
 
 
 def _progress(total: int, enabled: bool):

@@ -8,7 +8,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import csreft_lite as cl
+from csreft_lite import data
 from csreft_lite.interventions import build
+from csreft_lite.train import OPTIMIZER_FILE, STATE_FILE
 
 from .tiny import randomize, tiny_llama
 
@@ -139,3 +141,68 @@ def test_labels_of_another_shape_name_the_argument(model):
         reft(x, labels=x[:, :8])
     with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 8\) but input_ids \(2, 9\)"):
         reft(x, attention_mask=torch.ones(2, 8, dtype=torch.long))
+
+
+# ------------------------------------------------------------------ resuming training
+
+
+def _rows(n=8):
+    return [{"input_ids": [3 + i % 5, 10, 11, 12, 20 + i % 3, 1], "labels": [-100] * 4 + [20 + i % 3, 1], "prompt_length": 4} for i in range(n)]
+
+
+def _train(path, **kwargs):
+    reft = cl.ReftModel(tiny_llama(), {1: cl.LoReFT(D, 2)}, positions="f2+l2")
+    return cl.train(reft, _rows(), collator=data.Collator(0), batch_size=4, epochs=2, progress=False,
+                    checkpoint_dir=str(path), **kwargs)
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    _train(tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _resume_fails(path, match):
+    reft = cl.ReftModel(tiny_llama(), {1: cl.LoReFT(D, 2)}, positions="f2+l2")
+    before = {k: v.clone() for k, v in reft.state_dict().items()}
+    with pytest.raises(cl.CheckpointError, match=match):
+        cl.train(reft, _rows(), collator=data.Collator(0), batch_size=4, epochs=2, progress=False, checkpoint_dir=str(path), resume=True)
+    assert all(torch.equal(v, before[k]) for k, v in reft.state_dict().items())  # the interventions were not half-loaded
+
+
+def test_resume_without_the_optimizer_file_is_refused(checkpoint):
+    (checkpoint / OPTIMIZER_FILE).unlink()
+    _resume_fails(checkpoint, r"Cannot resume from .*run: it has interventions\.safetensors, train_state\.json but not optimizer\.safetensors.*resume=False")
+
+
+def test_resume_from_a_folder_written_by_save_alone_is_refused(checkpoint):
+    (checkpoint / OPTIMIZER_FILE).unlink()
+    (checkpoint / STATE_FILE).unlink()
+    _resume_fails(checkpoint, r"but not optimizer\.safetensors, train_state\.json.*written by reft\.save\(\)\s+alone cannot be resumed")
+
+
+def test_resume_with_a_damaged_train_state_is_refused(checkpoint):
+    (checkpoint / STATE_FILE).write_text('{"step": 4, "param_gro')
+    _resume_fails(checkpoint, r"Cannot resume: .*train_state\.json is damaged \(JSONDecodeError")
+
+
+def test_resume_with_a_damaged_optimizer_file_is_refused(checkpoint):
+    (checkpoint / OPTIMIZER_FILE).write_bytes(b"\x00" * 7)
+    _resume_fails(checkpoint, r"optimizer\.safetensors cannot be read .*damaged")
+
+
+def test_resume_with_an_optimizer_file_of_other_parameters_is_refused(checkpoint):
+    save_file({"moments.exp_avg": torch.zeros(3)}, str(checkpoint / OPTIMIZER_FILE))
+    _resume_fails(checkpoint, r"the optimizer state in .*optimizer\.safetensors does not fit these interventions")
+
+
+def test_resume_with_other_interventions_is_refused(checkpoint):
+    reft = cl.ReftModel(tiny_llama(), {2: cl.LoReFT(D, 2)}, positions="f2+l2")
+    with pytest.raises(cl.CheckpointError, match=r"weights in .*interventions\.safetensors do not fit this run's interventions: .*missing \['interventions\.layer2\.R_raw'"):
+        cl.train(reft, _rows(), collator=data.Collator(0), batch_size=4, progress=False, checkpoint_dir=str(checkpoint), resume=True)
+
+
+def test_resume_in_an_empty_folder_starts_afresh(tmp_path):
+    history = _train(tmp_path / "new", resume=True)
+    assert history.steps == 4 and len(history.losses) == 4
+    assert json.loads((tmp_path / "new" / STATE_FILE).read_text())["step"] == 4
