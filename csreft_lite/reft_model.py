@@ -43,6 +43,20 @@ class ReftOutput:
     n_tokens: int
 
 
+def _register_pytree(cls) -> None:
+    """Make torch's pytree utilities see the tensors inside ``cls``. DDP routes a forward's output
+    through them: without this, ``static_graph=True`` never all-reduces the first step's gradients
+    (the processes drift apart silently)."""
+    from torch.utils import _pytree
+
+    register = getattr(_pytree, "register_pytree_node", None) or getattr(_pytree, "_register_pytree_node", None)
+    if register is not None:
+        register(cls, lambda out: ([out.loss, out.ce_loss, out.penalty, out.n_tokens], None), lambda values, _: cls(*values))
+
+
+_register_pytree(ReftOutput)
+
+
 def _is_checkpointing(model: nn.Module) -> bool:
     """Whether activation (gradient) checkpointing is on; the name changed in transformers 5."""
     name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"

@@ -85,9 +85,15 @@ def train(
     reached (``train_state.json``): ``resume=True`` continues from it, skipping the batches
     already seen, so an interrupted run ends where an uninterrupted one would.
     Under ``accelerate launch`` each process sees its shard of the data: ``epochs`` counts
-    passes over the whole data set, and ``max_steps`` optimiser steps.
+    passes over the whole data set, and ``max_steps`` optimiser steps. Each process takes whole
+    batches of ``batch_size`` in turn, and the gradients are averaged over processes, so n processes
+    with ``grad_accum=a`` train the same interventions as one process with ``grad_accum=n·a`` (when
+    the batches divide evenly between processes). Losses and token counts in the history are over
+    all processes; only the main process writes checkpoints.
+    Interventions a forward pass does not use (forced gates, an empty position group) are fine:
+    the default accelerator lets DDP find them.
     """
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
     if len(dataset) == 0:
         raise ValueError("The training data set is empty: nothing to train on.")
@@ -98,7 +104,13 @@ def train(
             raise ValueError("Pass the tokenizer (for its pad token) or a collator.")
         collator = collator_for(tokenizer)
     set_seed(seed)
-    accelerator = accelerator or Accelerator(gradient_accumulation_steps=grad_accum, cpu=not torch.cuda.is_available())
+    # find_unused_parameters: under DDP, a parameter that a forward pass leaves unused (a router bypassed
+    # by force_gates, the "first" copy of an untied "l2" spec) would otherwise stop training with an error.
+    accelerator = accelerator or Accelerator(
+        gradient_accumulation_steps=grad_accum,
+        cpu=not torch.cuda.is_available(),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
     reft.model.to(accelerator.device)  # the frozen base lives outside the prepared module
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collator, generator=generator)
@@ -127,7 +139,8 @@ def train(
     skip = (done // steps_per_epoch) * len(loader) + (done % steps_per_epoch) * grad_accum  # micro-batches seen
     start = time.perf_counter()
     model.train()
-    running, micro = 0.0, 0
+    running = [0.0, 0, 0]  # since the last optimiser step, in this process: loss sum, micro-batches, tokens
+    saved = done
     while history.steps < total:
         for batch in loader:
             if skip:  # resuming: replay the data order without computing
@@ -138,25 +151,26 @@ def train(
                 accelerator.backward(out.loss)
                 optimizer.step()  # a no-op until the last micro-batch of an accumulation
                 optimizer.zero_grad()
-            running += out.loss.item()
-            micro += 1
-            history.tokens += out.n_tokens
+            running = [running[0] + out.loss.item(), running[1] + 1, running[2] + out.n_tokens]
             if accelerator.sync_gradients:
                 scheduler.step()
+                loss_sum, micro, tokens = _sum_over_processes(accelerator, running)
                 history.steps += 1
-                history.losses.append(running / micro)
+                history.losses.append(loss_sum / micro)  # the mean over the whole effective batch
+                history.tokens += int(tokens)
                 history.learning_rates.append(scheduler.get_last_lr()[0])
-                running, micro = 0.0, 0
+                running = [0.0, 0, 0]
                 bar.update(1)
                 bar.set_postfix(loss=f"{history.losses[-1]:.3f}")
                 if checkpoint_dir and save_every and history.steps % save_every == 0:
                     _save(accelerator, model, optimizer, checkpoint_dir, history.steps)
+                    saved = history.steps
                 if history.steps >= total:
                     break
     bar.close()
     model.eval()
     history.seconds = time.perf_counter() - start
-    if checkpoint_dir:
+    if checkpoint_dir and saved != history.steps:  # not saved twice for the same step
         _save(accelerator, model, optimizer, checkpoint_dir, history.steps)
     return history
 
@@ -165,8 +179,18 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "train_state.json"
 
 
+def _sum_over_processes(accelerator, values: list) -> list:
+    """``values`` summed over every process (as they are with one process)."""
+    if accelerator.num_processes == 1:
+        return values
+    return accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=accelerator.device), reduction="sum").tolist()
+
+
 def _save(accelerator, model, optimizer, path: str, step: int) -> None:
-    """Interventions (``ReftModel.save``), AdamW's moments (safetensors) and the step (JSON): no pickles."""
+    """Interventions (``ReftModel.save``), AdamW's moments (safetensors) and the step (JSON): no pickles.
+
+    Only the main process writes; every process waits until the checkpoint is complete.
+    """
     from safetensors.torch import save_file
 
     accelerator.wait_for_everyone()
@@ -180,6 +204,7 @@ def _save(accelerator, model, optimizer, path: str, step: int) -> None:
         }
         save_file(tensors, str(Path(path) / OPTIMIZER_FILE))
         (Path(path) / STATE_FILE).write_text(json.dumps({"step": step, "param_groups": state["param_groups"]}, indent=1))
+    accelerator.wait_for_everyone()
 
 
 def _restore(accelerator, model, optimizer, path: str) -> int:
