@@ -17,6 +17,7 @@ import random
 import sys
 import time
 import types
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,7 +92,8 @@ def train(
     the batches divide evenly between processes). Losses and token counts in the history are over
     all processes; only the main process writes checkpoints.
     Interventions a forward pass does not use (forced gates, an empty position group) are fine:
-    the default accelerator lets DDP find them.
+    the default accelerator lets DDP find them. A prompt shorter than the positions
+    (e.g. 7 tokens for ``f5+l5``) gets fewer edited positions; ``train`` warns once per run.
     """
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
@@ -111,6 +113,8 @@ def train(
         cpu=not torch.cuda.is_available(),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    if accelerator.is_local_main_process:
+        _warn_short_prompts(dataset, reft.positions)
     reft.model.to(accelerator.device)  # the frozen base lives outside the prepared module
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collator, generator=generator)
@@ -184,6 +188,34 @@ def _sum_over_processes(accelerator, values: list) -> list:
     if accelerator.num_processes == 1:
         return values
     return accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=accelerator.device), reduction="sum").tolist()
+
+
+def _warn_short_prompts(dataset, positions) -> None:
+    """One warning per run when prompts are shorter than the position spec asks for (they get fewer edits)."""
+    if positions.all:
+        return
+    try:
+        if hasattr(dataset, "column_names"):  # a datasets.Dataset: read one column
+            lengths = list(dataset["prompt_length"]) if "prompt_length" in dataset.column_names else []
+        else:
+            lengths = [int(row["prompt_length"]) for row in dataset]
+    except (KeyError, TypeError, IndexError):
+        return  # rows without prompt lengths: the whole input is the prompt
+    need = positions.first + positions.last
+    short = [n for n in lengths if n < need]
+    if not short:
+        return
+    n = min(short)
+    both = positions.first and positions.last
+    hint = f"f{n // 2}+l{n // 2}" if both and n >= 2 else f"l{n}" if positions.last else f"f{n}"
+    how = (" The first group takes its tokens first and no token is edited twice, so the last group gets "
+           "what is left, possibly nothing." if both else "")
+    warnings.warn(
+        f"{len(short)} of {len(lengths)} training prompts are shorter than the {need} tokens that positions "
+        f"'{positions}' edits (the shortest has {n}): they get fewer edited positions.{how} If that is not what "
+        f"you want, use fewer positions ('{hint}' fits every prompt) or a longer prompt template.",
+        stacklevel=3,
+    )
 
 
 def _save(accelerator, model, optimizer, path: str, step: int) -> None:
