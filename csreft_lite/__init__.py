@@ -3,6 +3,7 @@
     import csreft_lite as cl
     model, tok = cl.load_course_model()
     reft = cl.ReftModel(model, {9: cl.LoReFT(576, rank=4)}, positions="f5+l5")
+    history = cl.train(reft, dataset, tok)     # the module csreft_lite.train, callable as its train()
 """
 
 __version__ = "0.1.0"
@@ -17,4 +18,4 @@ from .models import (  # noqa: F401
     load_course_model,
     load_model,
 )
-from .reft_model import ReftModel  # noqa: F401
+from .reft_model import CheckpointError, ReftModel  # noqa: F401

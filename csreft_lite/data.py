@@ -234,7 +234,10 @@ def show_positions(tokenizer, instruction: str, positions: "str | Positions" = "
     """Which prompt tokens an intervention edits: ``[(position, token text), ...]``.
 
     Makes the position spec visible before training, e.g.
-    ``show_positions(tok, "Name a fruit.", "f5+l5")``.
+    ``show_positions(tok, "Name a fruit.", "f5+l5")``. A prompt shorter than the spec is edited at
+    each of its tokens once, the first group taking its tokens first (see ``hooks.resolve_positions``):
+    with the course model, ``show_positions(tok, "Name a fruit", "f5+l5", template="plain")`` lists
+    all 4 tokens, every one in the first group.
     """
     prompt = format_prompt(tokenizer, instruction, template)
     ids = tokenizer(prompt, add_special_tokens=not _uses_chat(tokenizer, template))["input_ids"]

@@ -109,9 +109,14 @@ def resolve_positions(
     """Turn a spec into sequence indices for a padded batch (left or right padding).
 
     ``prompt_lengths`` (``[batch]``) counts the prompt tokens of each example; without it the
-    whole unpadded input is the prompt (as at generation time). A position is edited at most
-    once: when a prompt is shorter than ``first + last``, the last group skips positions that
-    the first group already covers.
+    whole unpadded input is the prompt (as at generation time).
+
+    Short prompts: a position is edited at most once, and the first group takes its tokens
+    first. A prompt of n < ``first + last`` tokens gets its first ``min(first, n)`` tokens in the
+    first group and, in the last group, only the last tokens that the first group left: with
+    ``f5+l5``, a 7-token prompt gets 0–4 (first) and 5–6 (last), a 4-token prompt 0–3 (first)
+    and nothing in the last group. (pyreft caps each group at about half the prompt instead, so
+    the same spec edits other tokens there.) ``train`` warns when training prompts are this short.
     """
     spec = Positions.parse(spec)
     mask_2d = attention_mask.bool()

@@ -17,6 +17,7 @@ orthonormal basis accurate and training stable.
 
 from __future__ import annotations
 
+import inspect
 import math
 import torch
 from torch import nn
@@ -312,4 +313,14 @@ def build(kind: str, config: dict) -> nn.Module:
     """Rebuild an intervention from its class name and ``config()``, e.g. when loading a checkpoint."""
     if kind not in KINDS:
         raise ValueError(f"Unknown intervention kind {kind!r}; known kinds: {', '.join(KINDS)}.")
+    params = inspect.signature(KINDS[kind]).parameters  # the constructor's arguments are the config's keys
+    unknown = sorted(set(config) - set(params))
+    missing = [name for name, p in params.items() if p.default is inspect.Parameter.empty and name not in config]
+    if unknown or missing:
+        problems = [f"unknown keys {unknown}"] * bool(unknown) + [f"missing keys {missing}"] * bool(missing)
+        raise ValueError(
+            f"The {kind} config has {' and '.join(problems)}; {kind} accepts {list(params)}. Was the checkpoint "
+            f"written by another version of csreft_lite (its 'version' field) or edited by hand? Load it with the "
+            f"version that wrote it, or correct the keys."
+        )
     return KINDS[kind](**config)

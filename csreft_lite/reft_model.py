@@ -44,6 +44,10 @@ CHECKPOINT_FORMAT = 2  # 2: one shared router (csreft_lite 0.2); 1: a router ins
 WEIGHTS_FILE = "interventions.safetensors"
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: damaged, incomplete or inconsistent. The message names the file."""
+
+
 @dataclass
 class ReftOutput:
     """What ``ReftModel.forward`` returns when given labels."""
@@ -52,6 +56,20 @@ class ReftOutput:
     ce_loss: torch.Tensor
     penalty: torch.Tensor | None
     n_tokens: int
+
+
+def _register_pytree(cls) -> None:
+    """Make torch's pytree utilities see the tensors inside ``cls``. DDP routes a forward's output
+    through them: without this, ``static_graph=True`` never all-reduces the first step's gradients
+    (the processes drift apart silently)."""
+    from torch.utils import _pytree
+
+    register = getattr(_pytree, "register_pytree_node", None) or getattr(_pytree, "_register_pytree_node", None)
+    if register is not None:
+        register(cls, lambda out: ([out.loss, out.ce_loss, out.penalty, out.n_tokens], None), lambda values, _: cls(*values))
+
+
+_register_pytree(ReftOutput)
 
 
 def _is_checkpointing(model: nn.Module) -> bool:
@@ -278,6 +296,11 @@ class ReftModel(nn.Module):
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}.")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}: "
+                f"they must match (one mask value per token). Pad both with the same collator."
+            )
         return attention_mask
 
     def where(self, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor | None = None) -> PositionIndex:
@@ -302,6 +325,12 @@ class ReftModel(nn.Module):
         prompt, which a router reads.
         """
         attention_mask = self._check_inputs(input_ids, attention_mask)
+        if labels is not None and labels.shape != input_ids.shape:
+            raise ValueError(
+                f"labels have shape {tuple(labels.shape)} but input_ids {tuple(input_ids.shape)}: give one label per "
+                f"token (the token itself, or -100 where nothing is learned), padded like input_ids, e.g. with "
+                f"csreft_lite.data.collator_for(tokenizer)."
+            )
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # correct under left padding too
         where = self.where(attention_mask, prompt_lengths)
         with self._active(where, instruction_spans, prompt_lengths, attention_mask):
@@ -426,55 +455,168 @@ class ReftModel(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module, check_model_name: bool = True) -> "ReftModel":
-        """Rebuild a saved ``ReftModel`` on ``model``; refuses a checkpoint made for another model."""
-        from safetensors.torch import load_file
+        """Rebuild a saved ``ReftModel`` on ``model``; refuses a checkpoint made for another model.
 
+        Everything is read and checked before ``model`` is touched; a damaged or inconsistent
+        checkpoint raises ``CheckpointError`` (a ``ValueError``) naming the file, and leaves
+        ``model`` exactly as it was (no hooks attached, ``requires_grad`` flags unchanged).
+        """
         path = Path(path)
         if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
             raise FileNotFoundError(f"No ReftModel checkpoint in {path}: expected {CONFIG_FILE} and {WEIGHTS_FILE}.")
-        config = json.loads((path / CONFIG_FILE).read_text())
-        mismatches = []
-        for field, ours in (
-            ("hidden_size", hidden_size(model)),
-            ("num_layers", len(decoder_layers(model))),
-            ("base_model", model_name(model)),
-        ):
-            if field == "base_model" and not check_model_name:
-                continue
-            if config.get(field) != ours:
-                mismatches.append(f"{field}: checkpoint {config.get(field)!r} vs model {ours!r}")
-        if mismatches:
-            raise ValueError(
-                f"The checkpoint in {path} was made for another model ({'; '.join(mismatches)}). Load it on the "
-                f"model it was trained on{', or pass check_model_name=False if only the name differs' if len(mismatches) == 1 and mismatches[0].startswith('base_model') else ''}."
-            )
-        if config.get("format", 1) < CHECKPOINT_FORMAT and any(
-            spec["kind"] == "CSReFT" for spec in config["interventions"].values()
-        ):
-            raise ValueError(
-                f"The checkpoint in {path} was written by csreft_lite {config.get('version', '0.1')}, where every CS-ReFT "
-                f"layer had a router of its own reading that layer's f5+l5 positions. Since 0.2 one router reads the "
-                f"instruction's tokens and gates every layer, so these weights cannot be reused: retrain, or load it "
-                f"with csreft_lite 0.1.0."
-            )
-        share = config["share_positions"]
-        by_layer = {}
-        for layer in config["layers"]:
-            spec = config["interventions"][_key(layer, None if share else "first")]
-            by_layer[layer] = build(spec["kind"], spec["config"])
-        routing = config.get("router")
-        router = build("Router", routing["config"]) if routing else None
-        reft = cls(model, by_layer, positions=config["positions"], share_positions=share, router=router,
-                   router_layer=routing["layer"] if routing else None)
-        state = load_file(str(path / WEIGHTS_FILE))
-        ours = reft.state_dict()
-        bad = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in ours.items() if k in state and state[k].shape != v.shape]
-        missing = sorted(set(ours) - set(state))
-        unexpected = sorted(set(state) - set(ours))
-        if bad or missing or unexpected:
-            raise ValueError(
-                f"The checkpoint in {path} does not fit: shape mismatches {bad or 'none'}; missing {missing or 'none'}; "
-                f"unexpected {unexpected or 'none'}."
-            )
-        reft.load_state_dict(state)
+        config = _read_config(path / CONFIG_FILE)
+        _check_model(config, model, path, check_model_name)
+        _check_format(config, path / CONFIG_FILE)
+        by_layer = _build_interventions(config, path / CONFIG_FILE)
+        router, router_layer = _build_router(config, path / CONFIG_FILE)
+        state = _read_weights(path / WEIGHTS_FILE)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        try:  # the constructor checks everything (layers, sizes, the router) before it touches the model
+            reft = cls(model, by_layer, positions=config["positions"], share_positions=config["share_positions"],
+                       router=router, router_layer=router_layer)
+        except ValueError as error:
+            raise CheckpointError(f"{path / CONFIG_FILE} does not fit this model: {error}") from error
+        try:
+            _check_state(path / WEIGHTS_FILE, state, reft.state_dict())
+            reft.load_state_dict(state)
+        except BaseException:
+            reft.remove()  # leave the model as we found it
+            for p in trainable:
+                p.requires_grad_(True)
+            raise
         return reft
+
+
+# ------------------------------------------------------------ reading and checking a checkpoint
+
+_CONFIG_FIELDS = {"positions": str, "share_positions": bool, "layers": list, "interventions": dict}
+_RESAVE = "If you still have the trained ReftModel, save it again with reft.save(path); otherwise load an earlier checkpoint."
+
+
+def _read_config(file: Path) -> dict:
+    """``reft_config.json`` as a dict, or a ``CheckpointError`` that names the file and what is wrong."""
+    try:
+        config = json.loads(Path(file).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(
+            f"{file} cannot be read as JSON ({error}): the checkpoint is damaged or was not written completely. "
+            f"{_RESAVE}"
+        ) from error
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{file} holds a {type(config).__name__}, not the JSON object that ReftModel.save() writes.")
+    wrong = [f"'{k}' ({'missing' if k not in config else type(config[k]).__name__ + ', expected ' + t.__name__})"
+             for k, t in _CONFIG_FIELDS.items() if not isinstance(config.get(k), t)]
+    if wrong:
+        raise CheckpointError(
+            f"{file} is not a complete ReftModel config: {', '.join(wrong)}. It was edited by hand, damaged, or "
+            f"written by something else. {_RESAVE}"
+        )
+    try:
+        Positions.parse(config["positions"])
+    except ValueError as error:
+        raise CheckpointError(f"{file}: 'positions' {config['positions']!r} cannot be read ({error}).") from error
+    if not all(isinstance(layer, int) and not isinstance(layer, bool) for layer in config["layers"]) or not config["layers"]:
+        raise CheckpointError(f"{file}: 'layers' must be a non-empty list of layer numbers, got {config['layers']!r}.")
+    return config
+
+
+def _check_model(config: dict, model: nn.Module, path: Path, check_model_name: bool) -> None:
+    """Refuse a checkpoint made for another model (hidden size, depth, and unless told otherwise, name)."""
+    mismatches = []
+    for field, ours in (
+        ("hidden_size", hidden_size(model)),
+        ("num_layers", len(decoder_layers(model))),
+        ("base_model", model_name(model)),
+    ):
+        if field == "base_model" and not check_model_name:
+            continue
+        if config.get(field) != ours:
+            mismatches.append(f"{field}: checkpoint {config.get(field)!r} vs model {ours!r}")
+    if mismatches:
+        only_name = len(mismatches) == 1 and mismatches[0].startswith("base_model")
+        raise ValueError(
+            f"The checkpoint in {path} was made for another model ({'; '.join(mismatches)}). Load it on the "
+            f"model it was trained on{', or pass check_model_name=False if only the name differs' if only_name else ''}."
+        )
+
+
+def _check_format(config: dict, file: Path) -> None:
+    """Refuse, with the reason, a CS-ReFT checkpoint of csreft_lite 0.1 (a router inside every layer)."""
+    entries = config["interventions"].values()
+    if config.get("format", 1) < CHECKPOINT_FORMAT and any(isinstance(e, dict) and e.get("kind") == "CSReFT" for e in entries):
+        raise CheckpointError(
+            f"{file} was written by csreft_lite {config.get('version', '0.1')}, where every CS-ReFT layer had a router "
+            f"of its own reading that layer's f5+l5 positions. Since 0.2 one router reads the instruction's tokens and "
+            f"gates every layer, so these weights cannot be reused: retrain, or load it with csreft_lite 0.1.0."
+        )
+
+
+def _build_router(config: dict, file: Path) -> tuple[Router | None, int | None]:
+    """The shared router and the layer it reads, from the config's ``router`` section (None without one)."""
+    routing = config.get("router")
+    if routing is None:
+        return None, None
+    if not isinstance(routing, dict) or not isinstance(routing.get("config"), dict) or not isinstance(routing.get("layer"), int):
+        raise CheckpointError(f"{file}: 'router' must be {{\"layer\": ..., \"config\": {{...}}}}, got {routing!r}. {_RESAVE}")
+    try:
+        return build("Router", routing["config"]), routing["layer"]
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{file}: the router cannot be built: {error}") from error
+
+
+def _build_interventions(config: dict, file: Path) -> dict[int, nn.Module]:
+    """``{layer: intervention}`` from the config's entries, after checking they match its ``layers``."""
+    share = config["share_positions"]
+    entries = config["interventions"]
+    expected = [_key(layer, group) for layer in config["layers"] for group in ((None,) if share else ("first", "last"))]
+    missing = [k for k in expected if k not in entries]
+    unexpected = [k for k in entries if k not in expected]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{file}: the 'interventions' entries do not match 'layers' {config['layers']} with "
+            f"share_positions={share} (expected entries {expected}; missing {missing or 'none'}; unexpected "
+            f"{unexpected or 'none'}). The file was edited by hand or damaged. {_RESAVE}"
+        )
+    by_layer = {}
+    for layer in config["layers"]:
+        key = _key(layer, None if share else "first")
+        spec = entries[key]
+        if not isinstance(spec, dict) or not isinstance(spec.get("config"), dict) or "kind" not in spec:
+            raise CheckpointError(f"{file}: entry '{key}' must be {{\"kind\": ..., \"config\": {{...}}}}, got {spec!r}.")
+        try:
+            by_layer[layer] = build(spec["kind"], spec["config"])
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"{file}: entry '{key}' cannot be built: {error}") from error
+    return by_layer
+
+
+def _read_weights(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, or a ``CheckpointError`` that names the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(
+            f"{file} cannot be read ({error}): the file is damaged or was not written completely (a full disk, "
+            f"an interrupted copy). {_RESAVE}"
+        ) from error
+
+
+def _check_state(
+    file: Path,
+    state: Mapping[str, torch.Tensor],
+    ours: Mapping[str, torch.Tensor],
+    fit: str = "the interventions its config describes",
+    fix: str = "Config and weights must come from the same reft.save().",
+) -> None:
+    """Every tensor that ``ours`` holds is in ``state``, with its shape, and nothing else."""
+    bad = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in ours.items() if k in state and state[k].shape != v.shape]
+    missing = sorted(set(ours) - set(state))
+    unexpected = sorted(set(state) - set(ours))
+    if bad or missing or unexpected:
+        raise CheckpointError(
+            f"The weights in {file} do not fit {fit}: shape mismatches {bad or 'none'}; missing "
+            f"{missing or 'none'}; unexpected {unexpected or 'none'}. {fix}"
+        )

@@ -3,14 +3,21 @@
 It scales out through Hugging Face Accelerate rather than a scheme of its own: the same
 function runs on a CPU, on one GPU, or on several GPUs under ``accelerate launch``.
 Only the interventions are trained; the base model stays frozen on its device.
+
+``cl.train(reft, ds, tok)`` calls ``train()`` (this module is callable); ``from csreft_lite.train
+import train, set_seed`` works too.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import random
+import sys
 import time
+import types
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import collator_for
+from .reft_model import WEIGHTS_FILE, CheckpointError, _check_state, _read_weights
 
 
 @dataclass
@@ -79,10 +87,17 @@ def train(
     reached (``train_state.json``): ``resume=True`` continues from it, skipping the batches
     already seen, so an interrupted run ends where an uninterrupted one would.
     Under ``accelerate launch`` each process sees its shard of the data: ``epochs`` counts
-    passes over the whole data set, and ``max_steps`` optimiser steps.
+    passes over the whole data set, and ``max_steps`` optimiser steps. Each process takes whole
+    batches of ``batch_size`` in turn, and the gradients are averaged over processes, so n processes
+    with ``grad_accum=a`` train the same interventions as one process with ``grad_accum=n·a`` (when
+    the batches divide evenly between processes). Losses and token counts in the history are over
+    all processes; only the main process writes checkpoints.
+    Interventions a forward pass does not use (forced gates, an empty position group) are fine:
+    the default accelerator lets DDP find them. A prompt shorter than the positions
+    (e.g. 7 tokens for ``f5+l5``) gets fewer edited positions; ``train`` warns once per run.
     ``callback(history)`` runs after every optimiser step (e.g. to measure a held-out loss as training goes).
     """
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
     if len(dataset) == 0:
         raise ValueError("The training data set is empty: nothing to train on.")
@@ -93,7 +108,15 @@ def train(
             raise ValueError("Pass the tokenizer (for its pad token) or a collator.")
         collator = collator_for(tokenizer)
     set_seed(seed)
-    accelerator = accelerator or Accelerator(gradient_accumulation_steps=grad_accum, cpu=not torch.cuda.is_available())
+    # find_unused_parameters: under DDP, a parameter that a forward pass leaves unused (a router bypassed
+    # by force_gates, the "first" copy of an untied "l2" spec) would otherwise stop training with an error.
+    accelerator = accelerator or Accelerator(
+        gradient_accumulation_steps=grad_accum,
+        cpu=not torch.cuda.is_available(),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    if accelerator.is_local_main_process:
+        _warn_short_prompts(dataset, reft.positions)
     reft.model.to(accelerator.device)  # the frozen base lives outside the prepared module
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collator, generator=generator)
@@ -122,7 +145,8 @@ def train(
     skip = (done // steps_per_epoch) * len(loader) + (done % steps_per_epoch) * grad_accum  # micro-batches seen
     start = time.perf_counter()
     model.train()
-    running, micro = 0.0, 0
+    running = [0.0, 0, 0]  # since the last optimiser step, in this process: loss sum, micro-batches, tokens
+    saved = done
     while history.steps < total:
         for batch in loader:
             if skip:  # resuming: replay the data order without computing
@@ -133,27 +157,28 @@ def train(
                 accelerator.backward(out.loss)
                 optimizer.step()  # a no-op until the last micro-batch of an accumulation
                 optimizer.zero_grad()
-            running += out.loss.item()
-            micro += 1
-            history.tokens += out.n_tokens
+            running = [running[0] + out.loss.item(), running[1] + 1, running[2] + out.n_tokens]
             if accelerator.sync_gradients:
                 scheduler.step()
+                loss_sum, micro, tokens = _sum_over_processes(accelerator, running)
                 history.steps += 1
-                history.losses.append(running / micro)
+                history.losses.append(loss_sum / micro)  # the mean over the whole effective batch
+                history.tokens += int(tokens)
                 history.learning_rates.append(scheduler.get_last_lr()[0])
-                running, micro = 0.0, 0
+                running = [0.0, 0, 0]
                 bar.update(1)
                 bar.set_postfix(loss=f"{history.losses[-1]:.3f}")
                 if callback is not None:
                     callback(history)
                 if checkpoint_dir and save_every and history.steps % save_every == 0:
                     _save(accelerator, model, optimizer, checkpoint_dir, history.steps)
+                    saved = history.steps
                 if history.steps >= total:
                     break
     bar.close()
     model.eval()
     history.seconds = time.perf_counter() - start
-    if checkpoint_dir:
+    if checkpoint_dir and saved != history.steps:  # not saved twice for the same step
         _save(accelerator, model, optimizer, checkpoint_dir, history.steps)
     return history
 
@@ -162,8 +187,46 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "train_state.json"
 
 
+def _sum_over_processes(accelerator, values: list) -> list:
+    """``values`` summed over every process (as they are with one process)."""
+    if accelerator.num_processes == 1:
+        return values
+    return accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=accelerator.device), reduction="sum").tolist()
+
+
+def _warn_short_prompts(dataset, positions) -> None:
+    """One warning per run when prompts are shorter than the position spec asks for (they get fewer edits)."""
+    if positions.all:
+        return
+    try:
+        if hasattr(dataset, "column_names"):  # a datasets.Dataset: read one column
+            lengths = list(dataset["prompt_length"]) if "prompt_length" in dataset.column_names else []
+        else:
+            lengths = [int(row["prompt_length"]) for row in dataset]
+    except (KeyError, TypeError, IndexError):
+        return  # rows without prompt lengths: the whole input is the prompt
+    need = positions.first + positions.last
+    short = [n for n in lengths if n < need]
+    if not short:
+        return
+    n = min(short)
+    both = positions.first and positions.last
+    hint = f"f{n // 2}+l{n // 2}" if both and n >= 2 else f"l{n}" if positions.last else f"f{n}"
+    how = (" The first group takes its tokens first and no token is edited twice, so the last group gets "
+           "what is left, possibly nothing." if both else "")
+    warnings.warn(
+        f"{len(short)} of {len(lengths)} training prompts are shorter than the {need} tokens that positions "
+        f"'{positions}' edits (the shortest has {n}): they get fewer edited positions.{how} If that is not what "
+        f"you want, use fewer positions ('{hint}' fits every prompt) or a longer prompt template.",
+        stacklevel=3,
+    )
+
+
 def _save(accelerator, model, optimizer, path: str, step: int) -> None:
-    """Interventions (``ReftModel.save``), AdamW's moments (safetensors) and the step (JSON): no pickles."""
+    """Interventions (``ReftModel.save``), AdamW's moments (safetensors) and the step (JSON): no pickles.
+
+    Only the main process writes; every process waits until the checkpoint is complete.
+    """
     from safetensors.torch import save_file
 
     accelerator.wait_for_everyone()
@@ -177,26 +240,58 @@ def _save(accelerator, model, optimizer, path: str, step: int) -> None:
         }
         save_file(tensors, str(Path(path) / OPTIMIZER_FILE))
         (Path(path) / STATE_FILE).write_text(json.dumps({"step": step, "param_groups": state["param_groups"]}, indent=1))
+    accelerator.wait_for_everyone()
 
 
 def _restore(accelerator, model, optimizer, path: str) -> int:
-    """Load a checkpoint written by ``_save`` into the prepared model and optimizer; return its step (0 if none)."""
-    from safetensors.torch import load_file
+    """Load a checkpoint written by ``_save`` into the prepared model and optimizer; return its step.
 
-    from .reft_model import WEIGHTS_FILE
-
+    A folder without a checkpoint starts a fresh run (0); an incomplete or damaged one is an error,
+    never silently restarted (the next save would overwrite it).
+    """
     path = Path(path)
-    if not (path / STATE_FILE).is_file():
+    present = [name for name in (WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE) if (path / name).is_file()]
+    if not present:
         return 0  # nothing to resume: a fresh run
-    meta = json.loads((path / STATE_FILE).read_text())
+    absent = [name for name in (WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE) if name not in present]
+    if absent:
+        raise CheckpointError(
+            f"Cannot resume from {path}: it has {', '.join(present)} but not {', '.join(absent)}. A training "
+            f"checkpoint (written by train(checkpoint_dir=...)) has all three; a folder written by reft.save() "
+            f"alone cannot be resumed. Pass another checkpoint_dir to start afresh, or resume=False (which "
+            f"overwrites this folder)."
+        )
+    state_file = path / STATE_FILE
+    try:
+        meta = json.loads(state_file.read_text())
+        step, groups = int(meta["step"]), meta["param_groups"]
+        if step < 0 or not isinstance(groups, list):
+            raise ValueError(f"step {step}, param_groups of type {type(groups).__name__}")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(
+            f"Cannot resume: {state_file} is damaged ({type(error).__name__}: {error}); it should hold the step "
+            f"reached and the optimizer's settings. Resume from an earlier copy of the folder, or pass resume=False "
+            f"to start afresh."
+        ) from error
+    # Read and check everything first, then load: a failed resume leaves the interventions as they were.
     reft = accelerator.unwrap_model(model)
-    reft.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
-    state: dict = {}
-    for key, value in load_file(str(path / OPTIMIZER_FILE)).items():
-        i, name = key.split(".", 1)
-        state.setdefault(int(i), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    return int(meta["step"])
+    weights = _read_weights(path / WEIGHTS_FILE)
+    _check_state(path / WEIGHTS_FILE, weights, reft.state_dict(), fit="this run's interventions",
+                 fix="Resume with the interventions, layers and positions that wrote the checkpoint.")
+    moments = _read_weights(path / OPTIMIZER_FILE)
+    try:
+        state: dict = {}
+        for key, value in moments.items():
+            i, name = key.split(".", 1)
+            state.setdefault(int(i), {})[name] = value
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError, TypeError, RuntimeError) as error:
+        raise CheckpointError(
+            f"Cannot resume: the optimizer state in {path / OPTIMIZER_FILE} does not fit these interventions "
+            f"({error}). Resume with the interventions that wrote the checkpoint, or pass resume=False to start afresh."
+        ) from error
+    reft.load_state_dict(weights)
+    return step
 
 
 def _progress(total: int, enabled: bool):
@@ -204,3 +299,14 @@ def _progress(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="training", unit="step", disable=not enabled, leave=False)
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``cl.train(reft, ds, tok)`` call ``train()`` while ``cl.train.set_seed`` and
+    ``from csreft_lite import train; train.train(...)`` keep working: the module stays a module."""
+
+    __call__ = staticmethod(train)
+
+
+__signature__ = inspect.signature(train)  # for help() and editors (else inspect takes 'reft' for self)
+sys.modules[__name__].__class__ = _CallableModule

@@ -249,3 +249,59 @@ def test_route_gives_the_gates_generation_uses(tok):
     assert torch.equal(reft.last_gates, gates[2:])
     with pytest.raises(ValueError, match="needs a ReftModel with a router"):
         evaluate.route(cl.ReftModel(model, {2: cl.LoReFT(32, 2)}), tok, prompts)
+
+
+def test_cl_train_is_callable_and_still_a_module():
+    """``cl.train(reft, ds, ...)`` is what users type; the module's names stay reachable as before."""
+    import inspect
+
+    from csreft_lite.train import set_seed, train as train_function
+
+    reft = cl.ReftModel(tiny_llama(), {1: cl.LoReFT(32, 2)}, positions="l2")
+    history = cl.train(reft, _tiny_dataset(8), collator=data.Collator(0), batch_size=4, progress=False)
+    assert isinstance(history, train.TrainHistory) and history.steps == 2
+    assert cl.train.train is train_function and cl.train.set_seed is set_seed and train is cl.train
+    assert list(inspect.signature(cl.train).parameters)[:3] == ["reft", "dataset", "tokenizer"]
+
+
+def test_short_prompts_fill_the_first_group_first(tok):
+    """The rule documented in hooks.resolve_positions, data.show_positions and notebook 02."""
+    from csreft_lite.hooks import resolve_positions
+
+    def groups(n):
+        where = resolve_positions("f5+l5", torch.ones(1, n, dtype=torch.long))
+        return [where.index[0, g][where.mask[0, g]].tolist() for g in (where.groups["first"], where.groups["last"])]
+
+    assert groups(12) == [[0, 1, 2, 3, 4], [7, 8, 9, 10, 11]]
+    assert groups(7) == [[0, 1, 2, 3, 4], [5, 6]]
+    assert groups(4) == [[0, 1, 2, 3], []]
+    shown = data.show_positions(tok, "Name a fruit", "f5+l5", template="plain")
+    assert shown == [(0, "Name"), (1, " a"), (2, " fruit"), (3, "\n")]
+
+
+def _short_prompt_rows(n_short):
+    rows = _tiny_dataset(8)  # prompts of 4 tokens
+    for row in rows[:n_short]:  # prompts of 3 tokens
+        row.update(input_ids=row["input_ids"][1:], labels=row["labels"][1:], prompt_length=3)
+    return rows
+
+
+def test_training_warns_once_about_prompts_shorter_than_the_positions():
+    def warnings_of(rows, positions):
+        reft = cl.ReftModel(tiny_llama(), {1: cl.LoReFT(32, 2)}, positions=positions, share_positions=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cl.train(reft, rows, collator=data.Collator(0), batch_size=2, epochs=2, progress=False)
+        return [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+    shown = warnings_of(_short_prompt_rows(3), "f2+l2")
+    assert len(shown) == 1  # once per run, not once per batch or epoch
+    assert shown[0].startswith("3 of 8 training prompts are shorter than the 4 tokens that positions 'f2+l2' edits (the shortest has 3)")
+    assert "the last group gets what is left" in shown[0] and "'f1+l1' fits every prompt" in shown[0]
+    assert warnings_of(_short_prompt_rows(0), "f2+l2") == []
+    assert warnings_of(_short_prompt_rows(3), "f1+l2") == []  # 3 tokens are enough for f1+l2
+    from datasets import Dataset
+
+    shown = warnings_of(Dataset.from_list(_short_prompt_rows(2)), "l5")  # a datasets.Dataset is read by column
+    assert len(shown) == 1 and shown[0].startswith("8 of 8 training prompts are shorter than the 5 tokens that positions 'l5'")
+    assert "last group" not in shown[0] and "'l3' fits every prompt" in shown[0]
