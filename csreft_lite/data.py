@@ -138,13 +138,16 @@ def tokenize_example(tokenizer, record: Mapping, template: str = "auto", max_len
     truncated = len(full) > max_length
     full = full[:max_length]
     labels = [-100] * len(prompt_ids) + response_ids
-    return {
+    row = {
         "input_ids": full,
         "labels": labels[:max_length],
         "prompt_length": len(prompt_ids),
         "instruction_span": list(span),
         "truncated": truncated,
     }
+    if "gates" in record:  # CS-ReFT gates fixed for this example, e.g. its skill label as a one-hot vector
+        row["gates"] = [float(g) for g in record["gates"]]
+    return row
 
 
 def make_dataset(
@@ -154,7 +157,8 @@ def make_dataset(
     max_length: int = 512,
     positions: "str | Positions | None" = None,
 ):
-    """A ``datasets.Dataset`` with ``input_ids``, ``labels`` (-100 on the prompt), ``prompt_length`` and ``instruction_span``.
+    """A ``datasets.Dataset`` with ``input_ids``, ``labels`` (-100 on the prompt), ``prompt_length`` and ``instruction_span``
+    (and ``gates`` when the records have them: CS-ReFT gates fixed per example, e.g. a skill label).
 
     Warns when truncation cuts responses; drops (with a warning) examples whose prompt alone
     fills ``max_length``, since nothing would be learned from them. ``positions`` only checks
@@ -193,7 +197,7 @@ class Collator:
     """Pads a list of examples into tensors; ``padding_side="right"`` for training.
 
     Returns ``input_ids``, ``attention_mask``, ``labels`` (-100 on padding), ``prompt_lengths``, and
-    ``instruction_spans`` (``[batch, 2]``) when the examples carry them.
+    ``instruction_spans`` (``[batch, 2]``) and ``gates`` (``[batch, k]``) when the examples carry them.
     """
 
     pad_token_id: int
@@ -221,6 +225,10 @@ class Collator:
         out["prompt_lengths"] = torch.tensor([e["prompt_length"] for e in examples], dtype=torch.long)
         if all("instruction_span" in e for e in examples):
             out["instruction_spans"] = torch.tensor([list(e["instruction_span"]) for e in examples], dtype=torch.long)
+        if any("gates" in e for e in examples):
+            if not all("gates" in e for e in examples):
+                raise ValueError("Some examples of this batch carry 'gates' and some do not: give every example its gates.")
+            out["gates"] = torch.tensor([list(e["gates"]) for e in examples], dtype=torch.float32)
         return out
 
 

@@ -139,6 +139,33 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * p.clamp_min(1e-12).log()).sum(-1)
 
 
+def kmeans(x: torch.Tensor, k: int, n_init: int = 10, iters: int = 50, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centroids ``[k, d]`` and assignments ``[n]`` of the best of ``n_init`` k-means++ runs on ``x`` ``[n, d]``.
+
+    "Best": the lowest sum of squared distances to the assigned centroid. Restarts matter: one run often
+    merges two groups and splits a third; the best of ten rarely does.
+    """
+    if not 1 <= k <= len(x):
+        raise ValueError(f"k-means needs 1 <= k <= the number of points ({len(x)}), got k={k}.")
+    x = x.detach().float()
+    generator = torch.Generator().manual_seed(seed)
+    best = None
+    for _ in range(n_init):
+        centroids = x[torch.randint(len(x), (1,), generator=generator)]
+        for _ in range(k - 1):  # k-means++: spread the starting points
+            d2 = torch.cdist(x, centroids).min(1).values.pow(2)
+            pick = torch.multinomial(d2 / d2.sum() if d2.sum() > 0 else torch.ones_like(d2), 1, generator=generator)
+            centroids = torch.cat([centroids, x[pick]])
+        for _ in range(iters):
+            assign = torch.cdist(x, centroids).argmin(1)
+            centroids = torch.stack([x[assign == j].mean(0) if (assign == j).any() else centroids[j] for j in range(k)])
+        assign = torch.cdist(x, centroids).argmin(1)
+        inertia = (x - centroids[assign]).pow(2).sum().item()
+        if best is None or inertia < best[0]:
+            best = (inertia, centroids, assign)
+    return best[1], best[2]
+
+
 class Router(nn.Module):
     """Gates ``g ∈ [0, 1]^k`` from a summary of the input, ``[batch, d] -> [batch, k]``: ρ = Router(x).
 
@@ -205,6 +232,35 @@ class Router(nn.Module):
         else:
             chosen = (p > 0.5).to(p.dtype)
         return chosen + (p - p.detach())  # forward: exactly 0/1; backward: the probabilities' gradient
+
+    @torch.no_grad()
+    def init_from_clusters(self, summaries: torch.Tensor, confidence: float = 0.9, n_init: int = 10, seed: int = 0) -> torch.Tensor:
+        """Start as a nearest-centroid classifier of the k-means clusters of ``summaries`` (``[n, d]``, the router's
+        inputs on training prompts); returns each summary's cluster.
+
+        Why: with top-1 gates the subspace that becomes useful first attracts every input, and a subspace that
+        never gets inputs never becomes useful (the "dead expert" of mixtures of experts; VQ-VAE codebooks are
+        started from k-means for the same reason). Starting from the clusters of what the router reads gives
+        every subspace its own group of inputs from the first step. The logits are ``β (x·cᵢ − ‖cᵢ‖²/2)`` on the
+        layer-normed summary ``x``, so the largest is the nearest centroid ``cᵢ``; β is set so that an input's
+        own cluster gets probability ``confidence`` on average (confident, but far from saturated).
+        """
+        if self.gating != "topk" or self.hidden is not None:
+            raise ValueError("init_from_clusters is for the linear top-k router (hidden=None, gating='topk').")
+        if not 0 < confidence < 1:
+            raise ValueError(f"confidence is the mean probability of an input's own cluster, in (0, 1); got {confidence}.")
+        _check_input(summaries, self.d_model, "Router.init_from_clusters")
+        x = self.norm(summaries.to(self.net.weight))
+        centroids, assign = kmeans(x, self.n_subspaces, n_init=n_init, seed=seed)
+        weight, bias = centroids, -0.5 * centroids.pow(2).sum(-1)
+        low, high = 1e-6, 1e3
+        for _ in range(60):  # bisection on β (the mean own-cluster probability grows with β)
+            beta = (low * high) ** 0.5
+            own = torch.softmax(beta * (x @ weight.T + bias), -1).gather(1, assign[:, None]).mean()
+            low, high = (low, beta) if own > confidence else (beta, high)
+        self.net.weight.copy_(beta * weight)
+        self.net.bias.copy_(beta * bias)
+        return assign
 
     def penalty(self) -> torch.Tensor | None:
         """``sparsity·Ω(p) + balance·balance_loss(p)`` for the last call, or None when both weights are 0."""

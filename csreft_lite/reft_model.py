@@ -1,7 +1,7 @@
 """``ReftModel``: a frozen causal LM plus interventions at chosen layers and prompt positions.
 
 With CS-ReFT interventions it also owns their one ``Router``: at ``router_layer`` (at or below the
-first edit) it averages the hidden states over the instruction's own tokens, turns that summary into
+first edit) it averages the (layer-normed) hidden states of the instruction's own tokens, turns that summary into
 gates once per forward pass, and hands the same gates to the ``CSReFT`` of every layer.
 
 The base model is never modified: its weights are frozen and the interventions act through
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -91,7 +91,7 @@ class ReftModel(nn.Module):
     parameters stay float32 whatever the model's dtype.
 
     With ``cl.CSReFT`` interventions, ``router`` (default: ``Router(d, k)``) computes the gates of
-    every CS-ReFT layer at once, from the mean hidden state over each prompt's instruction tokens
+    every CS-ReFT layer at once, from the mean of each prompt's layer-normed instruction tokens
     after decoder layer ``router_layer`` (default: the first CS-ReFT layer, read before its edit).
     Calls then need ``instruction_spans`` (``data.make_dataset`` and ``evaluate.generate_answers``
     provide them), unless the gates are forced with ``force_gates``.
@@ -140,6 +140,7 @@ class ReftModel(nn.Module):
         self._gates: torch.Tensor | None = None  # [batch, k] of the forward pass under way
         self._forced: torch.Tensor | None = None
         self.last_gates: torch.Tensor | None = None  # [batch, k] of the last forward pass, detached
+        self._last_summary: torch.Tensor | None = None  # [batch, d]: what the router read in the last forward pass
         self._handles: list = []
         self._enabled = True
         self.attach()
@@ -221,9 +222,16 @@ class ReftModel(nn.Module):
         return module
 
     def _route(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Gates ``[batch, k]`` from the mean hidden state over each prompt's instruction tokens."""
-        m = self._summary_mask.to(hidden.dtype).unsqueeze(-1)  # [batch, seq, 1]
-        summary = (hidden * m).sum(1) / m.sum(1)  # [batch, d]
+        """Gates ``[batch, k]`` from each prompt's instruction tokens: the mean of their layer-normed hidden states.
+
+        Each token is normalised before the mean so that every token gets one vote: some tokens carry hidden
+        states ten times longer than the rest (attention sinks, and massive activations such as " the" in
+        "Write the ..."), and in a plain mean they would decide the summary alone.
+        """
+        m = self._summary_mask.unsqueeze(-1)  # [batch, seq, 1]
+        tokens = F.layer_norm(hidden.float(), hidden.shape[-1:])
+        summary = (tokens * m).sum(1) / m.sum(1)  # [batch, d]
+        self._last_summary = summary.detach()
         gates = self.router(summary)
         self.last_gates = gates.detach()
         return gates
@@ -314,6 +322,7 @@ class ReftModel(nn.Module):
         labels: torch.Tensor | None = None,
         prompt_lengths: torch.Tensor | None = None,
         instruction_spans: torch.Tensor | None = None,
+        gates: torch.Tensor | None = None,
         **kwargs,
     ):
         """Without labels: the base model's output (logits) with the edits applied.
@@ -322,7 +331,8 @@ class ReftModel(nn.Module):
         mean cross-entropy over supervised tokens plus any intervention penalty. Logits are
         computed only at supervised positions, which saves the vocabulary projection of
         every prompt token. ``instruction_spans`` (``[batch, 2]``): the instruction's tokens in each
-        prompt, which a router reads.
+        prompt, which a router reads. ``gates`` (``[batch, k]``): fix the CS-ReFT gates of this call per
+        example instead (e.g. a skill label; a data set whose records carry ``gates`` provides them).
         """
         attention_mask = self._check_inputs(input_ids, attention_mask)
         if labels is not None and labels.shape != input_ids.shape:
@@ -333,7 +343,8 @@ class ReftModel(nn.Module):
             )
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # correct under left padding too
         where = self.where(attention_mask, prompt_lengths)
-        with self._active(where, instruction_spans, prompt_lengths, attention_mask):
+        fixed = self.force_gates(gates) if gates is not None else nullcontext()
+        with fixed, self._active(where, instruction_spans, prompt_lengths, attention_mask):
             if labels is None:
                 return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
             return self._loss(input_ids, attention_mask, position_ids, labels)
@@ -388,6 +399,34 @@ class ReftModel(nn.Module):
         finally:
             stop.remove()
             self._where = None
+
+    @torch.no_grad()
+    def router_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      instruction_spans: torch.Tensor | None = None, prompt_lengths: torch.Tensor | None = None, **ignored) -> torch.Tensor:
+        """What the router reads for a batch: the mean of each prompt's layer-normed instruction tokens, ``[batch, d]``."""
+        if self.router is None:
+            raise ValueError("router_inputs needs a ReftModel with a router (cl.CSReFT interventions).")
+        forced, self._forced = self._forced, None
+        try:
+            self(input_ids, attention_mask, prompt_lengths=prompt_lengths, instruction_spans=instruction_spans)
+        finally:
+            self._forced = forced
+        return self._last_summary
+
+    def init_router(self, dataset, tokenizer=None, batch_size: int = 32, confidence: float = 0.9, seed: int = 0, collator=None) -> torch.Tensor:
+        """Start the router from the k-means clusters of what it reads on ``dataset`` (see ``Router.init_from_clusters``).
+
+        ``dataset``: tokenized examples (``data.make_dataset``); returns each example's cluster. No labels are used.
+        """
+        from .data import collator_for
+
+        collate = collator or collator_for(tokenizer)
+        device = next(self.model.parameters()).device
+        summaries = []
+        for start in range(0, len(dataset), batch_size):
+            batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            summaries.append(self.router_inputs(**{k: v.to(device) for k, v in batch.items() if k not in ("labels", "gates")}))
+        return self.router.init_from_clusters(torch.cat(summaries), confidence=confidence, seed=seed)
 
     # ------------------------------------------------------------ introspection
 

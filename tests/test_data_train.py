@@ -305,3 +305,20 @@ def test_training_warns_once_about_prompts_shorter_than_the_positions():
     shown = warnings_of(Dataset.from_list(_short_prompt_rows(2)), "l5")  # a datasets.Dataset is read by column
     assert len(shown) == 1 and shown[0].startswith("8 of 8 training prompts are shorter than the 5 tokens that positions 'l5'")
     assert "last group" not in shown[0] and "'l3' fits every prompt" in shown[0]
+
+
+def test_records_with_gates_train_each_example_with_its_own_gates(tok):
+    """Label-gated training is train() on records that carry their gates: each example trains only its subspace."""
+    model = _tokenizer_sized_llama(tok)
+    reft = cl.ReftModel(model, {1: cl.CSReFT(32, 2, 2)}, positions="f2+l2")
+    records = [{"instruction": "Say a.", "output": "a", "gates": [1, 0]}, {"instruction": "Say b.", "output": "b", "gates": [1, 0]}]
+    rows = data.make_dataset(records, tok, template="plain")
+    batch = data.collator_for(tok)(list(rows))
+    assert batch["gates"].tolist() == [[1.0, 0.0], [1.0, 0.0]]
+    before = reft.interventions["layer1"].W.detach().clone()
+    cl.train(reft, rows, tok, epochs=2, batch_size=2, lr=1e-2, progress=False)
+    after = reft.interventions["layer1"].W.detach()
+    assert not torch.allclose(after[0], before[0]) and torch.equal(after[1], before[1])  # subspace 1 never gated on
+    assert reft.router.net.weight.grad is None  # the router never ran
+    with pytest.raises(ValueError, match="Some examples of this batch carry 'gates'"):
+        data.collator_for(tok)([rows[0], {k: v for k, v in rows[1].items() if k != "gates"}])

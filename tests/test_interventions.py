@@ -232,3 +232,30 @@ def test_a_frozen_subspace_does_not_move_while_the_others_train():
     assert unfrozen.R_raw.grad[:R].abs().sum() > 0  # why freezing is needed: gate 0 shut still moves subspace 0's R
     with pytest.raises(ValueError, match="subspaces 0 to 2; cannot freeze 3"):
         cs.freeze_subspaces(3)
+
+
+def test_kmeans_finds_well_separated_groups_and_picks_the_best_restart():
+    g = torch.Generator().manual_seed(0)
+    centres = 5 * torch.randn(3, 8, generator=g)
+    truth = torch.arange(3).repeat_interleave(20)
+    x = centres[truth] + 0.3 * torch.randn(60, 8, generator=g)
+    _, assign = cl.kmeans(x, 3)
+    pairs = {(int(a), int(t)) for a, t in zip(assign, truth)}
+    assert len(pairs) == 3  # one cluster per group, whatever the numbering
+    with pytest.raises(ValueError, match="1 <= k <= the number of points"):
+        cl.kmeans(x[:2], 3)
+
+
+def test_router_started_from_clusters_routes_each_cluster_to_its_own_subspace_with_the_asked_confidence():
+    g = torch.Generator().manual_seed(1)
+    centres = torch.randn(3, D, generator=g)
+    truth = torch.arange(3).repeat_interleave(10)
+    x = 4 * centres[truth] + torch.randn(30, D, generator=g)
+    router = cl.Router(D, 3, gating="topk")
+    assign = router.init_from_clusters(x, confidence=0.8)
+    probs = router.probabilities(x)
+    assert torch.equal(probs.argmax(-1), assign)
+    assert len({(int(a), int(t)) for a, t in zip(assign, truth)}) == 3
+    assert abs(probs.gather(1, assign[:, None]).mean().item() - 0.8) < 1e-3
+    with pytest.raises(ValueError, match="linear top-k router"):
+        cl.Router(D, 3, gating="soft").init_from_clusters(x)

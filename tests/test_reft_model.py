@@ -375,14 +375,14 @@ def test_one_router_gates_every_layer_with_the_same_gates(model):
     assert torch.equal(seen[0].detach(), reft.last_gates)
 
 
-def test_the_router_reads_the_mean_over_the_instruction_span_only(model):
+def test_the_router_reads_the_mean_of_the_layer_normed_instruction_tokens_only(model):
     reft = cl.ReftModel(model, {2: cl.CSReFT(D, 2, 3)}, positions="f3+l3", router=cl.Router(D, 3, gating="soft"), router_layer=1)
     randomize(reft)
     x = ids(batch=1, seq=12)
     with torch.no_grad():
         with cl.record(model, [1]) as states:
             reft(x, instruction_spans=torch.tensor([[3, 7]]))
-        expected = reft.router(states[1][:, 3:7].mean(1))
+        expected = reft.router(torch.nn.functional.layer_norm(states[1][:, 3:7], (D,)).mean(1))
         assert torch.allclose(reft.last_gates, expected, atol=1e-6)
         changed = x.clone()
         changed[0, 9:] = 5  # tokens after the span (and their positions) change nothing in the summary of layer 1
@@ -433,3 +433,35 @@ def test_force_gates_without_routed_interventions_is_an_error(model):
     with pytest.raises(ValueError, match="routed interventions"):
         with reft.force_gates([1.0]):
             pass
+
+
+def test_gates_given_with_a_batch_fix_each_examples_gates_for_that_call(model):
+    reft = make_reft(model)
+    x = ids()
+    per_example = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
+    with torch.no_grad():
+        given = reft(x, gates=per_example).logits
+        assert torch.equal(reft.last_gates, per_example)
+        with reft.force_gates(per_example):
+            forced = reft(x).logits
+        routed = reft(x, instruction_spans=spans()).logits  # afterwards the router is back
+    assert torch.equal(given, forced) and not torch.allclose(given, routed)
+
+
+def test_init_router_starts_the_router_at_the_clusters_of_what_it_reads(model):
+    reft = cl.ReftModel(model, {2: cl.CSReFT(D, 2, 2)}, positions="f2+l2", router=cl.Router(D, 2), router_layer=1)
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(12):  # two kinds of prompt: their instructions use different token ranges
+        low = 3 if i % 2 else 50
+        prompt = torch.randint(low, low + 40, (6,), generator=g).tolist()
+        rows.append({"input_ids": prompt + [7, 1], "labels": [-100] * 6 + [7, 1], "prompt_length": 6, "instruction_span": [1, 5]})
+    collate = cl.data.Collator(0)
+    clusters = reft.init_router(rows, collator=collate)
+    batch = collate(rows)
+    with reft.force_gates([1.0, 0.0]):  # forced gates are set aside while the router's inputs are read
+        summaries = reft.router_inputs(**batch)
+    assert summaries.shape == (12, D)
+    assert torch.equal(reft.router.probabilities(summaries).argmax(-1), clusters)
+    reft(**{k: v for k, v in batch.items() if k != "labels"})
+    assert torch.equal(reft.last_gates.argmax(-1), clusters)  # the router routes by cluster from the first step
