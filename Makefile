@@ -17,7 +17,7 @@ help:
 	@echo "make test-fast   unit tests only, without the course model"
 	@echo "make test-transformers4   tests/ on each transformers 4.x that CI runs, each in its own venv"
 	@echo "make setup       only build $(VENV)"
-	@echo "make clean       remove $(VENV) and build leftovers"
+	@echo "make clean       remove $(VENV), the .venv-transformers-* venvs and build leftovers"
 
 setup: $(STAMP)
 
