@@ -142,6 +142,7 @@ def training_batch(vocab: int, seed: int = 0) -> dict:
         "attention_mask": torch.ones_like(ids),
         "labels": labels,
         "prompt_lengths": torch.full((BATCH,), PROMPT),
+        "instruction_spans": torch.tensor([[5, PROMPT - 5]] * BATCH),  # what CS-ReFT's router averages
     }
 
 
@@ -150,7 +151,7 @@ def generation_prompt(vocab: int, batch: int, seed: int = 1) -> dict:
 
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(100, vocab, (batch, GEN_PROMPT), generator=g)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "instruction_spans": torch.tensor([[5, GEN_PROMPT - 5]] * batch)}
 
 
 def fmt_mib(x: float | None) -> str:
@@ -291,7 +292,8 @@ def build_generation(name: str, model, prompt: dict, own_copy: bool, pad_token_i
         return out
 
     if name == "base":
-        return Step(name, lambda: check(model.generate(**prompt, **kwargs)))
+        plain = {k: v for k, v in prompt.items() if k != "instruction_spans"}
+        return Step(name, lambda: check(model.generate(**plain, **kwargs)))
     if name in ("LoReFT", "CS-ReFT"):
         reft = build_reft(model, name)
         with torch.no_grad():  # a non-zero edit, so generation differs from the base model's
@@ -305,7 +307,8 @@ def build_generation(name: str, model, prompt: dict, own_copy: bool, pad_token_i
                 if "lora_B" in n:
                     p.add_(0.01 * torch.randn_like(p))
         params = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-        return Step(name, lambda: check(peft_model.generate(**prompt, **kwargs)), params=params)
+        plain = {k: v for k, v in prompt.items() if k != "instruction_spans"}
+        return Step(name, lambda: check(peft_model.generate(**plain, **kwargs)), params=params)
     raise ValueError(f"unknown generation configuration {name!r}")
 
 

@@ -63,6 +63,7 @@ def batch_for(size: int, seq_len: int, vocab: int, device: torch.device, seed: i
     return {
         "input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device), "labels": labels.to(device),
         "prompt_lengths": torch.full((size,), prompt, dtype=torch.long).to(device),
+        "instruction_spans": torch.tensor([[5, prompt - 5]] * size).to(device),  # what CS-ReFT's router averages
     }
 
 
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
         optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
 
         def lora_step(batch):
-            inputs = {k: v for k, v in batch.items() if k != "prompt_lengths"}
+            inputs = {k: v for k, v in batch.items() if k not in ("prompt_lengths", "instruction_spans")}
 
             def step():
                 lora(**inputs).loss.backward()

@@ -8,7 +8,7 @@
 
 __version__ = "0.1.0"
 
-from . import data, evaluate, hooks, train  # noqa: F401
+from . import data, evaluate, hooks, tasks, train  # noqa: F401
 from .hooks import Positions, add_vector, record  # noqa: F401
 from .interventions import CSReFT, DiReFT, LoReFT, Router, balance_loss, kmeans, orthonormal_rows  # noqa: F401
 from .models import (  # noqa: F401

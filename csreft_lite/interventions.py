@@ -215,11 +215,20 @@ class Router(nn.Module):
         self.norm = nn.LayerNorm(d_model, elementwise_affine=False)
         self.last_probs: torch.Tensor | None = None  # [batch, k] of the last call, for penalty()
 
-    def probabilities(self, summary: torch.Tensor) -> torch.Tensor:
-        """Softmax (top-k) or sigmoid (soft, hard) probabilities, ``[batch, k]``."""
+    def features(self, summary: torch.Tensor) -> torch.Tensor:
+        """What the router's weights see: the summary layer-normed, then scaled to unit length (÷√d).
+
+        Why ÷√d, as attention scales its scores: AdamW moves every weight by about ``lr`` per step, so a logit
+        over d layer-normed inputs (each of size ~1) would move by about ``lr·d`` (5 at lr 1e-2 on the course
+        model) and one step could overturn any routing; on unit-length inputs a step moves it by about ``lr·√d``.
+        """
         _check_input(summary, self.d_model, "Router")
         dtype = next(self.net.parameters()).dtype  # float32, whatever the model's dtype
-        logits = self.net(self.norm(summary.to(dtype)))
+        return self.norm(summary.to(dtype)) / self.d_model**0.5
+
+    def probabilities(self, summary: torch.Tensor) -> torch.Tensor:
+        """Softmax (top-k) or sigmoid (soft, hard) probabilities, ``[batch, k]``."""
+        logits = self.net(self.features(summary))
         return logits.softmax(-1) if self.gating == "topk" else torch.sigmoid(logits)
 
     def forward(self, summary: torch.Tensor) -> torch.Tensor:
@@ -242,15 +251,14 @@ class Router(nn.Module):
         never gets inputs never becomes useful (the "dead expert" of mixtures of experts; VQ-VAE codebooks are
         started from k-means for the same reason). Starting from the clusters of what the router reads gives
         every subspace its own group of inputs from the first step. The logits are ``β (x·cᵢ − ‖cᵢ‖²/2)`` on the
-        layer-normed summary ``x``, so the largest is the nearest centroid ``cᵢ``; β is set so that an input's
-        own cluster gets probability ``confidence`` on average (confident, but far from saturated).
+        router's features ``x`` (``features``), so the largest is the nearest centroid ``cᵢ``; β is set so that an
+        input's own cluster gets probability ``confidence`` on average (confident, but far from saturated).
         """
         if self.gating != "topk" or self.hidden is not None:
             raise ValueError("init_from_clusters is for the linear top-k router (hidden=None, gating='topk').")
         if not 0 < confidence < 1:
             raise ValueError(f"confidence is the mean probability of an input's own cluster, in (0, 1); got {confidence}.")
-        _check_input(summaries, self.d_model, "Router.init_from_clusters")
-        x = self.norm(summaries.to(self.net.weight))
+        x = self.features(summaries)
         centroids, assign = kmeans(x, self.n_subspaces, n_init=n_init, seed=seed)
         weight, bias = centroids, -0.5 * centroids.pow(2).sum(-1)
         low, high = 1e-6, 1e3

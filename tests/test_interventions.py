@@ -145,7 +145,7 @@ def test_soft_gates_are_sigmoids_and_hard_gates_threshold_them_at_one_half():
     hard = cl.Router(D, 3, gating="hard")
     hard.load_state_dict(soft.state_dict())
     x = torch.randn(8, D)
-    p = torch.sigmoid(soft.net(torch.nn.functional.layer_norm(x, (D,))))
+    p = torch.sigmoid(soft.net(torch.nn.functional.layer_norm(x, (D,)) / D**0.5))  # features: layer norm, unit length
     assert torch.allclose(soft(x), p, atol=1e-6)
     assert torch.equal(hard(x).detach(), (p > 0.5).float())
     assert torch.equal(hard.train()(x).detach(), hard.eval()(x).detach())  # the same in training and evaluation

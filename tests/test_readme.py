@@ -1,0 +1,31 @@
+"""The README's library example runs as written, on the course model."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def library_example() -> str:
+    section = README.read_text().split("## The library at a glance", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.slow
+def test_the_readme_library_example_runs(course_model, tmp_path, monkeypatch):
+    import csreft_lite as cl
+
+    monkeypatch.chdir(tmp_path)  # it saves into runs/
+    monkeypatch.setattr(cl, "load_course_model", lambda: course_model)  # the session's model, already loaded
+    namespace: dict = {}
+    exec(compile(library_example(), "README.md", "exec"), namespace)
+    reft, cs = namespace["reft"], namespace["cs"]
+    try:
+        assert (tmp_path / "runs" / "my-edit" / "reft_config.json").is_file()
+        assert reft.trainable_parameters() == 2 * 4 * 576 + 4 and cs.router.n_subspaces == 3
+        assert len(namespace["history"].losses) > 0
+    finally:  # the session's course model is shared with other tests
+        reft.remove()
+        cs.remove()
