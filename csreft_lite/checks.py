@@ -231,33 +231,41 @@ def check_gated_edit(fn: Callable) -> Callable:
     return check_exercise(fn, "nb04_router:gated_edit", cases, hint)
 
 
-def check_router_gates(fn: Callable) -> Callable:
-    """Exercise (nb 04): the router's gates from the edited positions' hidden states."""
+def check_instruction_summary(fn: Callable) -> Callable:
+    """Exercise (nb 04): the mean hidden state over each example's instruction tokens."""
     gen = torch.Generator().manual_seed(6)
-    h = 3.0 * torch.randn(2, 5, 8, generator=gen) + 1.0
-    weight, bias = torch.randn(3, 8, generator=gen), torch.randn(3, generator=gen)
-    full = torch.ones(2, 5, dtype=torch.bool)
-    padded = torch.tensor([[True] * 5, [False, False, True, True, True]])
+    h = torch.randn(3, 9, 8, generator=gen)
+    sinks = h.clone()
+    sinks[:, :2] *= 100.0  # attention-sink-like positions before the span, and padding-like values after it
+    sinks[:, 7:] = 1e4
+    massive = h.clone()
+    massive[:, 3] = 50.0 * massive[:, 3] + 20.0  # one huge token inside every span
     cases = [
-        Case((h, full, weight, bias), "batch of 2, 5 positions each, no padding, k=3, d=8"),
-        Case((h, padded, weight, bias), "the same batch where the 2nd example's first 2 positions are padding (mask False)"),
-        Case((100.0 * h, full, weight, bias), "hidden states 100× larger (the layer norm should make the gates the same)"),
+        Case((h, torch.tensor([[2, 6], [3, 9], [0, 4]])), "a batch of 3, seq 9, d=8, a different span per example"),
+        Case((h, torch.tensor([[4, 5], [0, 9], [8, 9]])), "spans of one token, of the whole sequence, and of the last token"),
+        Case((sinks, torch.tensor([[2, 7], [2, 5], [3, 6]])),
+             "huge values outside the spans (they must not change the result)"),
+        Case((massive, torch.tensor([[2, 6], [1, 5], [3, 8]])),
+             "one token 50 times longer than the others inside every span (it must get one vote, not decide alone)"),
     ]
-    hint = ("average h over the positions where mask is True (divide by their number, not by n), then "
-            "F.layer_norm(summary, (d,)), then summary @ weight.T + bias, then torch.sigmoid.")
-    return check_exercise(fn, "nb04_router:router_gates", cases, hint, atol=1e-5)
+    hint = ("normalise every token first (F.layer_norm(h, (d,)), no learned scale), then build a [batch, seq] mask "
+            "that is 1 where start <= t < end (torch.arange(seq) compared with spans[:, :1] and spans[:, 1:]), "
+            "sum the normalised tokens * mask over the sequence and divide by the mask's sum.")
+    return check_exercise(fn, "nb04_router:instruction_summary", cases, hint, atol=1e-4)
 
 
-def check_sparsity_penalty(fn: Callable) -> Callable:
-    """Exercise (nb 04): λ times the mean over examples of the summed gates."""
+def check_balance_term(fn: Callable) -> Callable:
+    """Exercise (nb 04): minus the mutual information between an example and its subspace."""
     gen = torch.Generator().manual_seed(7)
     cases = [
-        Case((torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]]), 0.1), "2 examples, k=4, hard gates, λ=0.1"),
-        Case((torch.rand(5, 3, generator=gen), 0.01), "5 examples, k=3, soft gates, λ=0.01"),
-        Case((torch.rand(3, 4, generator=gen), 0.0), "λ=0 (no penalty)"),
+        Case((torch.softmax(torch.randn(6, 3, generator=gen), -1),), "6 examples, k=3, softmax probabilities"),
+        Case((torch.eye(4).repeat(2, 1),), "8 examples, each sure of one of 4 subspaces, all used equally (expect −log 4)"),
+        Case((torch.tensor([[0.7, 0.2, 0.1]]).repeat(5, 1),), "5 examples with the same distribution: router collapse (expect 0)"),
+        Case((torch.rand(5, 4, generator=gen) * 0.9 + 0.05,), "5 examples, k=4, sigmoid gates whose rows do not sum to 1"),
     ]
-    hint = "sum the gates over the k subspaces for each example, average over the examples, multiply by λ."
-    return check_exercise(fn, "nb04_router:sparsity_penalty", cases, hint, atol=1e-6)
+    hint = ("normalise each row to sum to 1 first (sigmoid gates do not); H(q) = −Σ q log q per row; return the "
+            "mean of the rows' entropies minus the entropy of the mean row (that order: lower is better).")
+    return check_exercise(fn, "nb04_router:balance_term", cases, hint, atol=1e-5)
 
 
 # ---------------------------------------------------------------- notebook 01: hidden-state interventions

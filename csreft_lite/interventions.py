@@ -184,7 +184,10 @@ class Router(nn.Module):
       straight-through, identical at training and evaluation.
     - ``penalty()``: ``sparsity · mean_b Σᵢ pᵢ`` (the paper's Ω, an L1 cost on open gates; with top-k's
       softmax it is constant) plus ``balance · balance_loss(p)`` (see ``balance_loss``), for the
-      probabilities of the last call. ``ReftModel`` adds it to the loss.
+      probabilities of the last call. ``ReftModel`` adds it to the loss. ``balance`` defaults to 1: without
+      it a top-1 router sent every prompt to one subspace (notebook 04's skills, routing NMI 0.03).
+    - ``init_from_clusters``: start from the k-means clusters of the router's inputs (``ReftModel.init_router``);
+      with top-1 gates, a random start left a subspace without inputs on one seed in three.
     """
 
     def __init__(
@@ -195,7 +198,7 @@ class Router(nn.Module):
         gating: str = "topk",
         top_k: int = 1,
         sparsity: float = 0.0,
-        balance: float = 0.0,
+        balance: float = 1.0,
     ):
         super().__init__()
         if d_model < 1 or n_subspaces < 1:

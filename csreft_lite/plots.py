@@ -149,3 +149,43 @@ def parameter_bars(counts: dict, ax=None, title: str = "Trainable parameters", t
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def forgetting_curves(curves: dict, switch: int, ax=None, title: str = "Does learning B erase A?",
+                      ylabel: str = "held-out loss on skill A", phases: tuple[str, str] = ("learn A", "learn B")):
+    """One skill's held-out loss as training goes, for several models; a dashed line where training switches skills.
+
+    ``curves``: ``{name: (steps, values)}``; ``switch``: the optimiser step where the second skill's training starts.
+    """
+    fig, ax = new_axes(ax, size=(6.5, 3.5))
+    for name, (steps, values) in curves.items():
+        ax.plot(steps, values, marker="o", markersize=3, label=name)
+    ax.axvline(switch, color="grey", linestyle="--", linewidth=1)
+    top = ax.get_ylim()[1]
+    ax.text(switch / 2, top, phases[0], ha="center", va="top", fontsize=9, color="grey")
+    ax.text(switch * 1.5, top, phases[1], ha="center", va="top", fontsize=9, color="grey")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def token_norms(prompts: dict, title: str = "Hidden-state norm at each prompt token"):
+    """One small panel per prompt: ``‖h‖`` at each of its tokens on a log scale, its instruction's tokens shaded.
+
+    ``prompts``: ``{name: (tokens, norms, (start, end))}``. Returns the figure.
+    """
+    fig, axes = plt.subplots(len(prompts), 1, figsize=(8, 1.9 * len(prompts)), dpi=100, sharey=True, squeeze=False)
+    for ax, (name, (tokens, norms, span)) in zip(axes[:, 0], prompts.items()):
+        ax.plot(range(len(norms)), norms, marker="o", markersize=3)
+        ax.axvspan(span[0] - 0.5, span[1] - 0.5, color="tab:green", alpha=0.12, label="instruction tokens")
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(tokens)), [t.replace("\n", "\\n") for t in tokens], fontsize=7, rotation=40, ha="right")
+        ax.set_ylabel("‖h‖")
+        ax.set_title(name, fontsize=9, loc="left")
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -15,22 +15,28 @@ def gated_edit(h: torch.Tensor, R: torch.Tensor, W: torch.Tensor, b: torch.Tenso
     return h + torch.einsum("nkr,krd->nd", z * g.unsqueeze(-1), R)  # [n, d]
 
 
-def router_gates(h: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Gates ``[batch, k]`` from the hidden states ``h`` (``[batch, n, d]``) at the edited positions.
+def instruction_summary(h: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+    """The router's input: for each example, the mean of its layer-normed hidden states ``LN(h_t)`` over the
+    tokens ``spans[b, 0] <= t < spans[b, 1]`` (the instruction's own tokens; ``h`` is ``[batch, seq, d]``,
+    ``spans`` is ``[batch, 2]``). Returns ``[batch, d]``. Normalising each token first gives every token one
+    vote; tokens outside the span (chat markers, attention sinks, padding) do not count."""
+    tokens = F.layer_norm(h, (h.shape[-1],))  # no learned scale or shift
+    positions = torch.arange(h.shape[1])  # [seq]
+    inside = (positions >= spans[:, :1]) & (positions < spans[:, 1:])  # [batch, seq]
+    m = inside.to(h.dtype).unsqueeze(-1)  # [batch, seq, 1]
+    return (tokens * m).sum(1) / m.sum(1)
 
-    1. summary: the mean of ``h`` over the positions where ``mask`` (``[batch, n]``, bool) is True;
-    2. layer norm without learned scale or shift (``F.layer_norm(x, (d,))``);
-    3. a linear map (``weight`` ``[k, d]``, ``bias`` ``[k]``), then a sigmoid.
+
+def balance_term(probs: torch.Tensor) -> torch.Tensor:
+    """``mean_b H(q_b) − H(mean_b q_b)`` for router probabilities ``probs`` (``[batch, k]``), where each row
+    is first normalised to a distribution ``q_b = p_b / Σᵢ p_bi`` and ``H(q) = −Σᵢ qᵢ log qᵢ`` (natural log).
+
+    Low when every example is sure of its subspace *and* the batch uses all of them; 0 when every example
+    gets the same distribution (router collapse); −log k at best. Returns a scalar tensor.
     """
-    m = mask.to(h.dtype).unsqueeze(-1)  # [batch, n, 1]
-    summary = (h * m).sum(1) / m.sum(1).clamp(min=1)  # [batch, d]
-    x = F.layer_norm(summary, (h.shape[-1],))
-    return torch.sigmoid(x @ weight.T + bias)
+    q = probs / probs.sum(-1, keepdim=True)
 
+    def entropy(p: torch.Tensor) -> torch.Tensor:
+        return -(p * p.clamp_min(1e-12).log()).sum(-1)
 
-def sparsity_penalty(gates: torch.Tensor, lam: float) -> torch.Tensor:
-    """``λ · Ω(g)`` with Ω the mean over examples of Σᵢ gᵢ (an L1 penalty; gates are ≥ 0).
-
-    gates: ``[batch, k]``. Returns a scalar tensor.
-    """
-    return lam * gates.sum(-1).mean()
+    return entropy(q).mean() - entropy(q.mean(0))

@@ -4,7 +4,6 @@ clear message, an unsolved stub falls back to the reference, and stubs match the
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from csreft_lite import checks
 from solutions import nb03_subspaces as nb03
@@ -33,12 +32,25 @@ def _edit_without_subtraction(h, R, W, b, g):
     return h + torch.einsum("nkr,krd->nd", z * g.unsqueeze(-1), R)
 
 
-def _router_mean_over_padding(h, mask, weight, bias):
-    return torch.sigmoid(F.layer_norm(h.mean(1), (h.shape[-1],)) @ weight.T + bias)
+def _summary_of_every_token(h, spans):
+    return torch.nn.functional.layer_norm(h, (h.shape[-1],)).mean(1)
 
 
-def _penalty_mean_over_subspaces(gates, lam):
-    return lam * gates.mean()
+def _summary_without_normalising_each_token(h, spans):
+    positions = torch.arange(h.shape[1])
+    m = ((positions >= spans[:, :1]) & (positions < spans[:, 1:])).to(h.dtype).unsqueeze(-1)
+    return (h * m).sum(1) / m.sum(1)
+
+
+def _balance_with_the_sign_flipped(probs):
+    return -nb04.balance_term(probs)
+
+
+def _balance_without_normalising(probs):
+    def entropy(p):
+        return -(p * p.clamp_min(1e-12).log()).sum(-1)
+
+    return entropy(probs).mean() - entropy(probs.mean(0))
 
 
 EXERCISES = [
@@ -46,10 +58,12 @@ EXERCISES = [
     (checks.check_orthogonal_subspaces, nb03.orthogonal_subspaces, _orthonormal_within_each_only, "not orthogonal to each other"),
     (checks.check_subspace_overlap, nb03.subspace_overlap, _overlap_not_normalised, "values differ"),
     (checks.check_gated_edit, nb04.gated_edit, _edit_without_subtraction, "values differ"),
-    (checks.check_router_gates, nb04.router_gates, _router_mean_over_padding, "padding"),
-    (checks.check_sparsity_penalty, nb04.sparsity_penalty, _penalty_mean_over_subspaces, "values differ"),
+    (checks.check_instruction_summary, nb04.instruction_summary, _summary_of_every_token, "values differ"),
+    (checks.check_instruction_summary, nb04.instruction_summary, _summary_without_normalising_each_token, "values differ"),
+    (checks.check_balance_term, nb04.balance_term, _balance_with_the_sign_flipped, "values differ"),
+    (checks.check_balance_term, nb04.balance_term, _balance_without_normalising, "do not sum to 1"),
 ]
-IDS = [solution.__name__ for _, solution, _, _ in EXERCISES]
+IDS = [f"{solution.__name__}-{wrong.__name__}" for _, solution, wrong, _ in EXERCISES]
 
 
 @pytest.mark.parametrize("checker, solution, wrong, message", EXERCISES, ids=IDS)
@@ -92,26 +106,28 @@ def test_orthogonal_subspaces_rejects_bases_unrelated_to_raw():
         checks.check_orthogonal_subspaces(standard_basis)
 
 
-def test_reference_gated_edit_matches_the_library():
-    """The exercise is what cl.CSReFT computes, so the notebook's claim "your function = the library" holds."""
-    from csreft_lite import CSReFT
+def test_references_match_the_library():
+    """The exercises are what cl.CSReFT, ReftModel's router input and cl.balance_loss compute, so the notebook's
+    claim "your functions = the library" holds."""
+    from csreft_lite import CSReFT, balance_loss
+    from csreft_lite.hooks import span_mask
 
     torch.manual_seed(0)
     cs = CSReFT(16, rank=2, n_subspaces=3)
     with torch.no_grad():
         cs.W.add_(0.3 * torch.randn_like(cs.W))
         cs.b.add_(torch.randn_like(cs.b))
-        cs.router.net.bias.add_(torch.randn(3))
     h = torch.randn(2, 5, 16)
-    mask = torch.tensor([[True] * 5, [False, True, True, True, True]])
-    g = cs.gates(h, mask)
-    assert torch.allclose(g, nb04.router_gates(h, mask, cs.router.net.weight, cs.router.net.bias), atol=1e-6)
-    out = cs(h, mask)
+    g = torch.rand(2, 3)
+    out = cs(h, gates=g)
     ours = torch.stack([nb04.gated_edit(h[i], cs.R, cs.W, cs.b, g[i].expand(5, 3)) for i in range(2)])
     assert torch.allclose(out, ours, atol=1e-5)
-    cs.sparsity = 0.1
-    cs(h, mask)
-    assert torch.allclose(cs.penalty(), nb04.sparsity_penalty(cs.last_gates, 0.1))
+    spans = torch.tensor([[1, 4], [0, 2]])
+    m = span_mask(torch.ones(2, 5, dtype=torch.long), spans).unsqueeze(-1)  # what ReftModel._route averages over
+    tokens = torch.nn.functional.layer_norm(h, (16,))
+    assert torch.allclose((tokens * m).sum(1) / m.sum(1), nb04.instruction_summary(h, spans), atol=1e-6)
+    probs = torch.rand(6, 3)
+    assert torch.allclose(balance_loss(probs), nb04.balance_term(probs), atol=1e-6)
 
 
 def test_reference_overlap_of_csreft_bases_is_the_identity():
@@ -125,7 +141,7 @@ def test_reference_overlap_of_csreft_bases_is_the_identity():
     "notebook, module, names",
     [
         ("03_multiple_subspaces.ipynb", nb03, ["interference", "orthogonal_subspaces", "subspace_overlap"]),
-        ("04_router.ipynb", nb04, ["gated_edit", "router_gates", "sparsity_penalty"]),
+        ("04_router.ipynb", nb04, ["gated_edit", "instruction_summary", "balance_term"]),
     ],
 )
 def test_notebook_stubs_have_the_solutions_signatures(notebook, module, names):

@@ -174,9 +174,10 @@ def test_router_penalty_is_sparsity_plus_balance_of_the_last_call():
     router(torch.randn(4, D))
     p = router.last_probs
     assert torch.allclose(router.penalty(), 0.1 * p.sum(-1).mean() + 2.0 * cl.balance_loss(p))
-    plain = cl.Router(D, 3)
+    plain = cl.Router(D, 3, balance=0.0)
     plain(torch.randn(4, D))
     assert plain.penalty() is None
+    assert cl.Router(D, 3).balance == 1.0  # the default: without it top-1 routing collapses
 
 
 def test_router_parameter_counts_linear_and_paper_mlp():

@@ -164,7 +164,8 @@ def test_loss_matches_the_full_model_cross_entropy_on_response_tokens(model):
     out = reft(x, labels=labels, prompt_lengths=torch.tensor([7, 7]), instruction_spans=spans())
     logits = reft(x, prompt_lengths=torch.tensor([7, 7]), instruction_spans=spans()).logits
     expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 101), labels[:, 1:].reshape(-1), ignore_index=-100)
-    assert torch.allclose(out.loss, expected, atol=1e-5)
+    assert torch.allclose(out.ce_loss, expected, atol=1e-5)
+    assert out.penalty is not None and torch.allclose(out.loss, out.ce_loss + out.penalty)  # the default balance term
     assert out.n_tokens == 2 * 5
 
 
