@@ -53,7 +53,7 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 
 def save_model_folder(folder: Path, tiny: bool) -> None:
     """A local model folder (config, bf16 safetensors, tokenizer), as a user's downloaded Llama-2 would be."""
-    rows = json.loads((ROOT / "data" / "smoke_train.json").read_text())
+    rows = json.loads((ae.DATA_DIR / "smoke_train.json").read_text())
     texts = [r["instruction"] + "\n" + r["output"] for r in rows]
     device = torch.device("cpu") if tiny else torch.device("cuda")
     model = build_model(tiny, device, torch.float32 if tiny else torch.bfloat16)
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
 
     common = dict(
         base_model=str(model_dir), dtype="float32" if args.tiny else "bfloat16",
-        train_dataset=str(ROOT / "data" / "smoke_train.json"), eval_dataset=str(ROOT / "data" / "smoke_eval.json"),
+        train_dataset=str(ae.DATA_DIR / "smoke_train.json"), eval_dataset=str(ae.DATA_DIR / "smoke_eval.json"),
         max_train_examples=32, max_length=256, lr=4e-3, batch_size=4, effective_batch=8, gradient_checkpointing=True,
         output_dir=str(run_dir), save_every=2, eval_batch_size=6, max_new_tokens=32, judge="local", judge_model="base",
         judge_max_answer_tokens=48, generator_name="csreft-llama-2-7b-shaped-random",

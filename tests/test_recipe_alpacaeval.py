@@ -19,8 +19,8 @@ from csreft_lite.recipes import alpacaeval as ae
 from .tiny import tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT / "data" / "alpaca_eval_annotations_fixture.json"
-SMOKE_EVAL = ROOT / "data" / "smoke_eval.json"
+FIXTURE = ae.DATA_DIR / "alpaca_eval_annotations_fixture.json"
+SMOKE_EVAL = ae.DATA_DIR / "smoke_eval.json"
 
 pytestmark = pytest.mark.filterwarnings("ignore:pkg_resources is deprecated")
 

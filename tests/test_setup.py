@@ -249,3 +249,39 @@ def test_sync_notebooks_inserts_replaces_and_keeps_code(tmp_path):
     assert colab.sync_notebook(path) is True
     sources = [cell.source for cell in nbformat.read(str(path), as_version=4).cells]
     assert sources == ["# Title", colab.bootstrap_cell_source(), "x = 1"]
+
+
+# ---- what a pip install (not a clone) carries ------------------------------------------------
+
+
+def test_a_built_wheel_ships_the_smoke_data_and_the_recipe_finds_it(tmp_path):
+    """Colab installs a wheel built from git, without the repository around it: notebook 05's smoke data
+    must be package data, and the recipe's smoke config must point into the installed package."""
+    from csreft_lite.recipes import alpacaeval
+
+    from .repo_copy import copy_tracked, tracked_files
+
+    if not tracked_files():
+        pytest.skip("not a git checkout: cannot tell which files a release ships")
+    shipped = sorted(p.name for p in alpacaeval.DATA_DIR.iterdir() if p.suffix in (".json", ".md"))
+    assert {"smoke_train.json", "smoke_eval.json", "alpaca_eval_annotations_fixture.json", "README.md"} <= set(shipped)
+    source, wheels = copy_tracked(tmp_path / "src"), tmp_path / "wheels"
+    # --no-build-isolation: this environment's setuptools (pyproject's eval extra has one), no download.
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(source), "-w", str(wheels)],
+                   check=True, capture_output=True, text=True)
+    (wheel,) = wheels.glob("csreft_lite-*.whl")
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(tmp_path / "site")
+        names = set(zf.namelist())
+    for name in shipped:
+        assert f"csreft_lite/recipes/smoke_data/{name}" in names, f"the wheel lacks smoke_data/{name}: see pyproject's package-data"
+    # The unpacked wheel alone (as site-packages), run from elsewhere: the smoke config's files exist there.
+    check = ("import pathlib, csreft_lite.recipes.alpacaeval as ae; c = ae.make_config(smoke=True); "
+             "print(ae.__file__); assert pathlib.Path(c.train_dataset).is_file() and pathlib.Path(c.eval_dataset).is_file(); "
+             "print(c.train_dataset); print(c.eval_dataset)")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"), PYTHONNOUSERSITE="1")
+    out = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, check=True, capture_output=True, text=True).stdout
+    for line in out.split():
+        assert Path(line).is_relative_to(tmp_path / "site"), f"{line} is not inside the installed wheel"

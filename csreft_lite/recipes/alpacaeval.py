@@ -17,9 +17,9 @@ The paper's released code does not run its interventions, so there is no referen
 implementation to match: this recipe implements the paper's equations (``csreft_lite.CSReFT``).
 
 Smoke mode (automatic without CUDA, or ``--smoke``) runs the same functions with the course model
-(SmolLM2-135M-Instruct), the ~40 training examples and 6 eval prompts shipped in ``data/``, and the
-course model as a local judge. Every line it prints starts with ``[SMOKE]``, every plot title too;
-the real run prints ``[FULL]``.
+(SmolLM2-135M-Instruct), the ~40 training examples and 6 eval prompts shipped inside the package
+(``csreft_lite/recipes/smoke_data/``, so a pip install has them too), and the course model as a local
+judge. Every line it prints starts with ``[SMOKE]``, every plot title too; the real run prints ``[FULL]``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from .. import data as cl_data
 from .. import evaluate as cl_eval
 from .. import train as cl_train
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"  # the repository's data/ folder (shipped smoke files)
+# The shipped smoke files: package data next to this module, so editable and wheel installs both have them.
+DATA_DIR = Path(__file__).resolve().parent / "smoke_data"
 ALPACA_EVAL_JSON = "hf://datasets/tatsu-lab/alpaca_eval/alpaca_eval.json"  # 805 rows, reference = text-davinci-003
 
 # Llama-2-7B's shape, for parameter arithmetic without downloading it.
@@ -248,10 +249,11 @@ def _load_rows(source: str, split: str) -> list[dict]:
 
     if Path(source).suffix == ".json":
         if not Path(source).is_file():
-            raise FileNotFoundError(
-                f"No data file at {source}. The smoke files live in the repository's data/ folder: run from a "
-                f"clone of the course (pip installs only the package)."
-            )
+            hint = ""
+            if Path(source).parent == DATA_DIR:
+                hint = (" The smoke files ship inside the package (csreft_lite/recipes/smoke_data/, declared as "
+                        "package data in pyproject.toml): this install of csreft_lite lacks them, so reinstall it.")
+            raise FileNotFoundError(f"No data file at {source}.{hint}")
         return list(load_dataset("json", data_files=str(source), split="train"))
     return list(load_dataset(source, split=split))
 
@@ -311,7 +313,7 @@ def _subsample(records: list[dict], n: int | None, seed: int) -> list[dict]:
 
 
 def load_train_records(config: RecipeConfig) -> list[dict]:
-    """Training pairs: UltraFeedback from the hub (full run) or ``data/smoke_train.json`` (smoke)."""
+    """Training pairs: UltraFeedback from the hub (full run) or ``smoke_data/smoke_train.json`` (smoke)."""
     records = ultrafeedback_records(_load_rows(config.train_dataset, config.train_split))
     records = _subsample(records, config.max_train_examples, config.seed)
     say(config, f"training data: {len(records):,} instruction/response pairs from {config.train_dataset}")
