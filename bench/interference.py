@@ -256,8 +256,11 @@ def run(args) -> dict:
 def merge(runs: list[dict]) -> dict:
     """One result from runs with the same settings: other seeds (e.g. run in parallel processes) or other studies."""
     first = runs[0]
+    def same(settings):  # the thread count changes the speed, not what is measured
+        return {k: v for k, v in settings.items() if k != "threads"}
+
     for other in runs[1:]:
-        if other["settings"] != first["settings"]:
+        if same(other["settings"]) != same(first["settings"]):
             raise ValueError("these runs used different settings; only runs of the same study can be merged")
     studies = [study for study in STUDIES if any(study in r["results"] for r in runs)]
     for study in studies:
