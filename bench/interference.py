@@ -256,6 +256,7 @@ def run(args) -> dict:
 def merge(runs: list[dict]) -> dict:
     """One result from runs with the same settings: other seeds (e.g. run in parallel processes) or other studies."""
     first = runs[0]
+
     def same(settings):  # the thread count changes the speed, not what is measured
         return {k: v for k, v in settings.items() if k != "threads"}
 
