@@ -201,8 +201,11 @@ class ReftModel(nn.Module):
             hidden = hidden_of(output)
             if where is None or not self._enabled or hidden.shape[1] != where.seq_len:
                 return None  # not ours (no ReftModel call active) or a cached decode step
-            if layer == self.router_layer and self._gates is None:
-                self._gates = self._route(hidden)  # read before this layer's own edit
+            if layer == self.router_layer and self._summary_mask is not None:
+                # Read before this layer's own edit. Routed again when transformers 4.x's checkpointing
+                # re-runs this layer (and its hooks) in the backward pass: the recompute must save what the
+                # forward saved, and gives the same gates.
+                self._gates = self._route(hidden)
             if layer not in self.layers:
                 return None
             if self.share_positions:

@@ -318,27 +318,51 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
     assert not any(f.suffix in (".pt", ".bin", ".pkl") for f in (tmp_path / "b").iterdir())  # safetensors + JSON only
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
-    grads, calls = [], []
-    for checkpointing in (False, True):
-        model = tiny_llama()
-        if checkpointing:
-            cl.models.set_checkpointing(model, True)
-            model.train()  # transformers checkpoints only in training mode (Llama has no dropout to switch on)
-        reft = cl.ReftModel(model, {1: cl.CSReFT(32, 2, 2), 3: cl.CSReFT(32, 2, 2)}, positions="f2+l2", share_positions=False)
-        torch.manual_seed(0)
-        for p in reft.parameters():
-            p.data.add_(0.1 * torch.randn_like(p))
-        reft.train()
-        counter = [0]  # runs of an MLP inside layer 2, between the two intervened layers (hooks skip recomputes)
-        mlp = cl.decoder_layers(model)[2].mlp
-        mlp.forward = lambda *args, _run=mlp.forward, **kw: (counter.__setitem__(0, counter[0] + 1), _run(*args, **kw))[1]
-        batch = data.Collator(0)(_rows(4))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            reft(**batch).loss.backward()
-        grads.append([p.grad.clone() for p in reft.parameters()])
-        calls.append(counter[0])
-    assert calls == [1, 2]  # with checkpointing the layer is recomputed during backward
-    for a, b in zip(*grads):
+class _CheckpointedCall(torch.nn.Module):
+    """A decoder layer checkpointed with its forward hooks inside, as transformers 4.x does it (5.x keeps hooks outside)."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, *args, **kwargs):
+        return torch.utils.checkpoint.checkpoint(self.layer, *args, use_reentrant=False, **kwargs)
+
+
+def _gradients(checkpointing, monkeypatch=None):
+    """Gradients of a two-layer CS-ReFT (router included) and how often layer 2's MLP ran, for one backward."""
+    model = tiny_llama()
+    if checkpointing == "transformers":
+        cl.models.set_checkpointing(model, True)
+        model.train()  # transformers checkpoints only in training mode (Llama has no dropout to switch on)
+    reft = cl.ReftModel(model, {1: cl.CSReFT(32, 2, 2), 3: cl.CSReFT(32, 2, 2)}, positions="f2+l2", share_positions=False)
+    if checkpointing == "hooks inside":  # after ReftModel hooked the layers, so the hooks run inside each checkpoint
+        model.config.use_cache = False  # a KV cache would be written twice, by the forward and by the recompute
+        monkeypatch.setattr(cl.reft_model, "_is_checkpointing", lambda model: True)  # what transformers 4.x reports
+        layers = model.model.layers
+        for i in range(len(layers)):
+            layers[i] = _CheckpointedCall(layers[i])
+    torch.manual_seed(0)
+    for p in reft.parameters():
+        p.data.add_(0.1 * torch.randn_like(p))
+    reft.train()
+    counter = [0]  # runs of an MLP inside layer 2, between the two intervened layers
+    mlp = cl.decoder_layers(model)[2].mlp if checkpointing != "hooks inside" else model.model.layers[2].layer.mlp
+    mlp.forward = lambda *args, _run=mlp.forward, **kw: (counter.__setitem__(0, counter[0] + 1), _run(*args, **kw))[1]
+    batch = data.Collator(0)(_rows(4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reft(**batch).loss.backward()
+    return [p.grad.clone() for p in reft.parameters()], counter[0]
+
+
+@pytest.mark.parametrize("checkpointing", ["transformers", "hooks inside"])
+def test_gradient_checkpointing_gives_the_same_gradients(checkpointing, monkeypatch):
+    """The installed transformers' checkpointing, and the 4.x way (hooks re-run in the backward pass: the router
+    must then be recomputed too, or the recompute saves fewer tensors than the forward and torch refuses)."""
+    plain, plain_calls = _gradients(None)
+    checkpointed, calls = _gradients(checkpointing, monkeypatch)
+    assert (plain_calls, calls) == (1, 2)  # with checkpointing the layer is recomputed during backward
+    assert len(plain) == len(checkpointed)
+    for a, b in zip(plain, checkpointed):
         assert torch.allclose(a, b, atol=1e-5)
