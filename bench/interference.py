@@ -19,7 +19,7 @@ and scored exactly (``tasks.score``). Every training run: AdamW (weight decay 0)
 of what it reads on the training prompts (``ReftModel.init_router``; ``--router-start random`` keeps its random
 initialisation instead, the ablation), then router and subspaces trained together.
 
-``sequential`` (notebook 03's setting: layers 4, 10; 32 training and 20 test examples; 36 steps per skill):
+``sequential`` (notebook 03's setting: layers 4, 10; 32 training and 20 test examples; 24 steps per skill):
 ``lowercase`` (A), then ``uppercase`` (B). One shared LoReFT trained on A then B, against a CS-ReFT with two
 subspaces, A's trained with gates [1, 0] and frozen, then B's with [0, 1]. Accuracy on A after A, on A after B,
 on B after B.
@@ -50,6 +50,7 @@ ROUTING_SKILLS = ["lowercase", "first_letter", "plural"]
 SEQUENCE = ["lowercase", "uppercase"]
 COMPOSE = [("lowercase", "plural"), ("lowercase", "first_letter")]  # the composable pairs of the routing skills
 RANK, POSITIONS, BALANCE, MAX_NEW_TOKENS = 4, "f5+l5", 1.0, 10
+SEQUENTIAL_STEPS = 24  # optimiser steps per skill in the sequential study, as in notebook 03
 MIXTURE_CONDITIONS = ["untrained", "oracle", "LoReFT mix", "subspaces, labels", "CS-ReFT"]
 
 log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
@@ -162,7 +163,7 @@ def sequential_study(b: Bench, seed: int) -> dict:
     first, second = SEQUENCE
     train = {s: tasks.get_skill(s).generate(st["n_train"], "train", seed) for s in SEQUENCE}
     test = {s: tasks.get_skill(s).generate(st["n_test"], "test", 0) for s in SEQUENCE}
-    epochs = 36 * st["batch_size"] / st["n_train"]  # 36 optimiser steps per skill, as in notebook 03
+    epochs = SEQUENTIAL_STEPS * st["batch_size"] / st["n_train"]
     out = {}
     shared = b.reft(lambda: cl.LoReFT(b.d, RANK), st, seed)
     b.fit(shared, train[first], st, seed, epochs=epochs)
@@ -247,10 +248,20 @@ def run(args) -> dict:
         "seeds": args.seeds,
         "settings": {"mixture": {**MIXTURE, "skills": skills}, "small": SMALL, "routing_skills": ROUTING_SKILLS,
                      "sequence": SEQUENCE, "compose": [list(p) for p in COMPOSE], "rank": RANK, "positions": POSITIONS, "balance": BALANCE,
-                     "max_new_tokens": MAX_NEW_TOKENS, "threads": args.threads, "router_start": args.router_start},
+                     "max_new_tokens": MAX_NEW_TOKENS, "sequential_steps": SEQUENTIAL_STEPS, "threads": args.threads,
+                     "router_start": args.router_start},
         "results": results,
         "seconds": time.perf_counter() - started,
     }
+
+
+def load_runs(paths: list[Path]) -> list[dict]:
+    """The runs saved in these --json files; a file may also hold a list of runs (as the committed results do)."""
+    runs = []
+    for path in paths:
+        saved = json.loads(path.read_text())
+        runs.extend(saved if isinstance(saved, list) else [saved])
+    return runs
 
 
 def merge(runs: list[dict]) -> dict:
@@ -415,10 +426,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the tables (markdown) here")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     parser.add_argument("--from-json", type=Path, nargs="+",
-                        help="only redraw tables and figure from saved --json files (several: runs of different seeds, merged)")
+                        help="only redraw tables and figure from saved --json files (several, or a list of runs in one: merged)")
     args = parser.parse_args()
 
-    raw = merge([json.loads(p.read_text()) for p in args.from_json]) if args.from_json else run(args)
+    raw = merge(load_runs(args.from_json)) if args.from_json else run(args)
     if args.json and not args.from_json:
         args.json.write_text(json.dumps(raw, indent=1))
     text = tables(raw)
