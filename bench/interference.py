@@ -1,10 +1,10 @@
 """The interference and routing study: what one shared edit loses, and what separate subspaces and a router buy back.
 
-    python bench/interference.py                                   # all three studies, seeds 0 1 2 (see --help)
+    python bench/interference.py                                   # all four studies, seeds 0 1 2 (see --help)
     python bench/interference.py --studies routing --seeds 0       # one study, one seed
     python bench/interference.py --from-json s0.json s1.json s2.json   # tables and figures from saved runs, seeds merged
 
-Three studies on the frozen course model (SmolLM2-135M-Instruct, fp32, CPU), each repeated per seed; a seed
+Four studies on the frozen course model (SmolLM2-135M-Instruct, fp32, CPU), each repeated per seed; a seed
 changes the training examples (``tasks`` seed), the initialisation and the data order; test sets are fixed.
 Prompts use the chat markers without the default system prompt (``data.BARE_CHAT_TEMPLATE``); answers are greedy
 and scored exactly (``tasks.score``). Every training run: AdamW (weight decay 0), linear decay, f5+l5, rank 4.
@@ -30,6 +30,11 @@ same subspaces trained with the label as gate. Routing NMI (skill vs the subspac
 label-gated accuracy, and composition on prompts that ask for two skills ("the plural in small letters"): the
 router's top-1 and top-2 choices, and the two skills' subspaces forced on.
 
+``two_stage`` (the routing study's setting): the other way to train CS-ReFT. First the subspaces, each skill's
+examples gated to their own subspace by the label; then every subspace frozen and the router trained alone (same
+start, gates, balance term and steps as ``routed_csreft``), without labels. Routing NMI, whether each skill goes to
+the subspace trained on it, routed accuracy against the same subspaces with label gates.
+
 Writes markdown tables to stdout (and ``--out``), figures next to this file, raw numbers to ``--json``.
 """
 
@@ -43,7 +48,7 @@ import sys
 import time
 from pathlib import Path
 
-STUDIES = ("mixture", "sequential", "routing")
+STUDIES = ("mixture", "sequential", "routing", "two_stage")
 MIXTURE = {"layers": [3, 9, 18, 24], "router_layer": 2, "n_train": 64, "n_test": 40, "epochs": 2.0, "lr": 4e-3, "batch_size": 8}
 SMALL = {"layers": [4, 10], "router_layer": 2, "n_train": 32, "n_test": 20, "epochs": 3.0, "lr": 1e-2, "batch_size": 4}
 ROUTING_SKILLS = ["lowercase", "first_letter", "plural"]
@@ -228,6 +233,30 @@ def routing_study(b: Bench, seed: int) -> dict:
     return {"routed": routed, "labels": labels}
 
 
+def two_stage_study(b: Bench, seed: int) -> dict:
+    cl, tasks, st, skills = b.cl, b.cl.tasks, SMALL, ROUTING_SKILLS
+    k = len(skills)
+    train = tasks.make_dataset(skills, st["n_train"], "train", seed)
+    test = [e for s in skills for e in tasks.get_skill(s).generate(st["n_test"], "test", 0)]
+    router = cl.Router(b.d, k, gating="topk", top_k=1, balance=BALANCE)
+    reft = b.reft(lambda: cl.CSReFT(b.d, RANK, k), st, seed, router=router, router_layer=st["router_layer"])
+    b.fit(reft, train, st, seed, gates=lambda e: one_hot(skills.index(e.skill), k))  # stage 1: the label is the gate
+    labels = {s: b.accuracy(reft, [e for e in test if e.skill == s], one_hot(i, k))[s] for i, s in enumerate(skills)}
+    for cs in reft.interventions.values():
+        cs.freeze_subspaces(*range(k))  # stage 2: nothing but the router learns
+    data = b.dataset(train)
+    if b.router_start == "clusters":
+        reft.init_router(data, b.tok)
+    cl.train(reft, data, b.tok, epochs=st["epochs"], batch_size=st["batch_size"], lr=st["lr"], seed=seed, progress=False)
+    nmi, owner = b.routing(reft, skills, test)
+    routed = b.accuracy(reft, test)
+    reft.remove()
+    own = sum(owner[s] == i for i, s in enumerate(skills))
+    log(f"seed {seed} two-stage: NMI {nmi:.2f}, owners {owner} ({own} of {k} skills in their own subspace), "
+        f"routed {statistics.mean(routed[s] for s in skills):.0%}, labels {statistics.mean(labels.values()):.0%}")
+    return {"nmi": nmi, "owner": owner, "own_subspace": own, "routed": routed, "labels": labels}
+
+
 def run(args) -> dict:
     b = Bench(args.threads, args.router_start)
     skills = args.skills or list(b.cl.tasks.SKILLS)
@@ -240,8 +269,10 @@ def run(args) -> dict:
                 results[study][str(seed)] = mixture_study(b, seed, skills)
             elif study == "sequential":
                 results[study][str(seed)] = sequential_study(b, seed)
-            else:
+            elif study == "routing":
                 results[study][str(seed)] = routing_study(b, seed)
+            else:
+                results[study][str(seed)] = two_stage_study(b, seed)
             log(f"  ({study}, seed {seed}: {time.perf_counter() - t0:.0f} s)")
     return {
         "date": datetime.date.today().isoformat(),
@@ -352,20 +383,37 @@ def routing_table(raw: dict) -> str:
             f"on {raw['settings']['small']['n_test']} held-out prompts per pair, mean ± std (per seed):\n\n" + "\n".join(comp))
 
 
+def two_stage_table(raw: dict) -> str:
+    per_seed, skills = raw["results"]["two_stage"], raw["settings"]["routing_skills"]
+    rows = list(per_seed.values())
+    lines = ["| seed | routing NMI | skills sent to their own subspace | routed accuracy | label-gated accuracy |",
+             "|---|---:|---:|---:|---:|"]
+    for seed, r in per_seed.items():
+        lines.append(f"| {seed} | {r['nmi']:.2f} | {r['own_subspace']} of {len(skills)} | "
+                     f"{100 * statistics.mean(r['routed'][s] for s in skills):.0f} | {100 * statistics.mean(r['labels'].values()):.0f} |")
+    lines.append(f"| **mean ± std** | {statistics.mean(r['nmi'] for r in rows):.2f} | | "
+                 f"{cell([statistics.mean(r['routed'][s] for s in skills) for r in rows])} | "
+                 f"{cell([statistics.mean(r['labels'].values()) for r in rows])} |")
+    return "\n".join(lines)
+
+
 def tables(raw: dict) -> str:
     start = raw["settings"].get("router_start", "clusters")
     head = (f"Measured {raw['date']}, seeds {raw['seeds']} ({raw['seconds'] / 60:.0f} min of processing); accuracy in %, mean ± std over seeds; "
             f"CS-ReFT's router started {'from the clusters of its inputs' if start == 'clusters' else 'at random (ablation)'}.")
     parts = [head]
     for study, title, make in (("mixture", "Mixture", mixture_table), ("sequential", "Sequential", sequential_table),
-                               ("routing", "Routing", routing_table)):
+                               ("routing", "Routing", routing_table),
+                               ("two_stage", "Subspaces first, then the router alone", two_stage_table)):
         if raw["results"].get(study):
             parts.append(f"### {title}\n\n{make(raw)}")
     return "\n\n".join(parts)
 
 
-def figure(raw: dict, path: Path) -> None:
-    """Mixture accuracy by condition and skill (left) and the sequential study (right), mean ± std over seeds."""
+def figure(raw: dict, path: Path) -> bool:
+    """Mixture accuracy by condition and skill (left) and the sequential study (right), mean ± std over seeds.
+
+    Returns whether there was anything to draw (the other studies are tables only)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -373,7 +421,7 @@ def figure(raw: dict, path: Path) -> None:
 
     studies = [s for s in ("mixture", "sequential") if raw["results"].get(s)]
     if not studies:
-        return
+        return False
     fig, axes = plt.subplots(1, len(studies), figsize=(6 * len(studies), 3.6), dpi=100, squeeze=False,
                              gridspec_kw={"width_ratios": [2, 1][: len(studies)]})
     colors = ["#bbbbbb", "#4c72b0", "#dd8452", "#937860", "#55a868"]
@@ -411,6 +459,7 @@ def figure(raw: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return True
 
 
 def main() -> None:
@@ -436,8 +485,7 @@ def main() -> None:
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
-    if args.figure:
-        figure(raw, args.figure)
+    if args.figure and figure(raw, args.figure):
         print(f"\nfigure: {args.figure}")
 
 
