@@ -102,17 +102,23 @@ class Bench:
         self.cl.train.set_seed(seed)  # the interventions' initialisation
         return self.cl.ReftModel(self.model, {layer: make() for layer in settings["layers"]}, positions=POSITIONS, **kwargs)
 
-    def routed_csreft(self, skills, train_examples, settings, seed):
-        """CS-ReFT as the course trains it without labels: top-1 gates, balance term, router at settings' router_layer,
-        started from the clusters of the training instructions, then subspaces and router trained together."""
-        cl, k = self.cl, len(skills)
-        router = cl.Router(self.d, k, gating="topk", top_k=1, balance=BALANCE)
-        reft = self.reft(lambda: cl.CSReFT(self.d, RANK, k), settings, seed, router=router, router_layer=settings["router_layer"])
+    def csreft(self, k, settings, seed):
+        """k CS-ReFT subspaces per layer and the course's router: top-1 gates, balance term, at settings' router_layer."""
+        router = self.cl.Router(self.d, k, gating="topk", top_k=1, balance=BALANCE)
+        return self.reft(lambda: self.cl.CSReFT(self.d, RANK, k), settings, seed, router=router, router_layer=settings["router_layer"])
+
+    def train_unlabelled(self, reft, train_examples, settings, seed):
+        """Train without labels, the router started from the clusters of the training instructions (or at random)."""
         data = self.dataset(train_examples)
         if self.router_start == "clusters":  # else the router keeps its random initialisation (an ablation)
             reft.init_router(data, self.tok)
-        cl.train(reft, data, self.tok, epochs=settings["epochs"], batch_size=settings["batch_size"], lr=settings["lr"],
-                 seed=seed, progress=False)
+        self.cl.train(reft, data, self.tok, epochs=settings["epochs"], batch_size=settings["batch_size"], lr=settings["lr"],
+                      seed=seed, progress=False)
+
+    def routed_csreft(self, skills, train_examples, settings, seed):
+        """CS-ReFT as the course trains it without labels: subspaces and router trained together."""
+        reft = self.csreft(len(skills), settings, seed)
+        self.train_unlabelled(reft, train_examples, settings, seed)
         return reft
 
     def routing(self, reft, skills, test_examples) -> tuple[float, dict]:
@@ -234,20 +240,16 @@ def routing_study(b: Bench, seed: int) -> dict:
 
 
 def two_stage_study(b: Bench, seed: int) -> dict:
-    cl, tasks, st, skills = b.cl, b.cl.tasks, SMALL, ROUTING_SKILLS
+    tasks, st, skills = b.cl.tasks, SMALL, ROUTING_SKILLS
     k = len(skills)
     train = tasks.make_dataset(skills, st["n_train"], "train", seed)
     test = [e for s in skills for e in tasks.get_skill(s).generate(st["n_test"], "test", 0)]
-    router = cl.Router(b.d, k, gating="topk", top_k=1, balance=BALANCE)
-    reft = b.reft(lambda: cl.CSReFT(b.d, RANK, k), st, seed, router=router, router_layer=st["router_layer"])
+    reft = b.csreft(k, st, seed)
     b.fit(reft, train, st, seed, gates=lambda e: one_hot(skills.index(e.skill), k))  # stage 1: the label is the gate
     labels = {s: b.accuracy(reft, [e for e in test if e.skill == s], one_hot(i, k))[s] for i, s in enumerate(skills)}
     for cs in reft.interventions.values():
         cs.freeze_subspaces(*range(k))  # stage 2: nothing but the router learns
-    data = b.dataset(train)
-    if b.router_start == "clusters":
-        reft.init_router(data, b.tok)
-    cl.train(reft, data, b.tok, epochs=st["epochs"], batch_size=st["batch_size"], lr=st["lr"], seed=seed, progress=False)
+    b.train_unlabelled(reft, train, st, seed)
     nmi, owner = b.routing(reft, skills, test)
     routed = b.accuracy(reft, test)
     reft.remove()
