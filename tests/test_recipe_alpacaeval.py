@@ -329,13 +329,16 @@ class _CheckpointedCall(torch.nn.Module):
         return torch.utils.checkpoint.checkpoint(self.layer, *args, use_reentrant=False, **kwargs)
 
 
-def _gradients(checkpointing, monkeypatch=None):
+def _gradients(checkpointing, monkeypatch):
     """Gradients of a two-layer CS-ReFT (router included) and how often layer 2's MLP ran, for one backward."""
     model = tiny_llama()
     if checkpointing == "transformers":
         cl.models.set_checkpointing(model, True)
         model.train()  # transformers checkpoints only in training mode (Llama has no dropout to switch on)
     reft = cl.ReftModel(model, {1: cl.CSReFT(32, 2, 2), 3: cl.CSReFT(32, 2, 2)}, positions="f2+l2", share_positions=False)
+    counter = [0]  # runs of an MLP inside layer 2, between the two intervened layers
+    mlp = cl.decoder_layers(model)[2].mlp
+    mlp.forward = lambda *args, _run=mlp.forward, **kw: (counter.__setitem__(0, counter[0] + 1), _run(*args, **kw))[1]
     if checkpointing == "hooks inside":  # after ReftModel hooked the layers, so the hooks run inside each checkpoint
         model.config.use_cache = False  # a KV cache would be written twice, by the forward and by the recompute
         monkeypatch.setattr(cl.reft_model, "_is_checkpointing", lambda model: True)  # what transformers 4.x reports
@@ -346,9 +349,6 @@ def _gradients(checkpointing, monkeypatch=None):
     for p in reft.parameters():
         p.data.add_(0.1 * torch.randn_like(p))
     reft.train()
-    counter = [0]  # runs of an MLP inside layer 2, between the two intervened layers
-    mlp = cl.decoder_layers(model)[2].mlp if checkpointing != "hooks inside" else model.model.layers[2].layer.mlp
-    mlp.forward = lambda *args, _run=mlp.forward, **kw: (counter.__setitem__(0, counter[0] + 1), _run(*args, **kw))[1]
     batch = data.Collator(0)(_rows(4))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -360,7 +360,7 @@ def _gradients(checkpointing, monkeypatch=None):
 def test_gradient_checkpointing_gives_the_same_gradients(checkpointing, monkeypatch):
     """The installed transformers' checkpointing, and the 4.x way (hooks re-run in the backward pass: the router
     must then be recomputed too, or the recompute saves fewer tensors than the forward and torch refuses)."""
-    plain, plain_calls = _gradients(None)
+    plain, plain_calls = _gradients(None, monkeypatch)
     checkpointed, calls = _gradients(checkpointing, monkeypatch)
     assert (plain_calls, calls) == (1, 2)  # with checkpointing the layer is recomputed during backward
     assert len(plain) == len(checkpointed)
