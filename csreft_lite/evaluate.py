@@ -12,7 +12,9 @@ from typing import Sequence
 
 import torch
 
-from .data import Collator, encode_prompt
+from .data import pad_token_id, prompt_batch
+from .progress import Progress
+from .reft_model import ReftModel
 
 
 def generate_answers(
@@ -28,37 +30,28 @@ def generate_answers(
 ) -> list[str]:
     """Greedy answers (by default) to each instruction, decoded without the prompt.
 
-    Prompts are encoded by ``data.encode_prompt`` (the same ids and instruction spans as in
-    training) and left-padded in batches; ``generate_kwargs`` go to ``generate`` (e.g.
-    ``repetition_penalty=1.1, no_repeat_ngram_size=5`` as in the LoReFT AlpacaEval recipe).
+    Prompts are encoded by ``data.prompt_batch`` (the same ids and instruction spans as in training) and
+    left-padded in batches; ``generate_kwargs`` go to ``generate`` (e.g. ``repetition_penalty=1.1,
+    no_repeat_ngram_size=5`` as in the LoReFT AlpacaEval recipe).
     """
-    from tqdm.auto import tqdm
-
     instructions = list(instructions)
     if not instructions:
         raise ValueError("No instructions to answer.")
     generate_kwargs.setdefault("do_sample", False)
-    is_reft = hasattr(model, "interventions")
-    base = model.model if is_reft else model
-    device = next(base.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    collate = Collator(pad_token_id=pad, padding_side="left")
+    is_reft = isinstance(model, ReftModel)
+    device = next((model.model if is_reft else model).parameters()).device
     answers: list[str] = []
-    for start in tqdm(range(0, len(instructions), batch_size), desc="generating", disable=not progress, leave=False):
-        encoded = [encode_prompt(tokenizer, x, template) for x in instructions[start:start + batch_size]]
-        batch = collate([{"input_ids": ids, "prompt_length": len(ids), "instruction_span": span} for ids, span in encoded])
+    bar = Progress(len(instructions), "generating", unit="answer", enabled=progress)
+    for start in range(0, len(instructions), batch_size):
+        batch = prompt_batch(tokenizer, instructions[start:start + batch_size], template)
         spans = {"instruction_spans": batch["instruction_spans"].to(device)} if is_reft else {}
         with torch.no_grad():
-            out = model.generate(
-                input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-                max_new_tokens=max_new_tokens,
-                pad_token_id=pad,
-                **spans,
-                **generate_kwargs,
-            )
+            out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                                 max_new_tokens=max_new_tokens, pad_token_id=pad_token_id(tokenizer), **spans, **generate_kwargs)
         new_tokens = out[:, batch["input_ids"].shape[1]:]
         answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        bar.update(len(new_tokens))
+    bar.close()
     return answers
 
 
@@ -80,21 +73,17 @@ def route(reft, tokenizer, instructions: Sequence, *, template: str = "auto", ba
     """The gates and the router's probabilities each prompt gets, ``([n, k], [n, k])``, exactly as at generation.
 
     The prompts are encoded like ``generate_answers`` does (same ids, same instruction spans) and run
-    once through the model; no answer is generated.
+    once through the model; no answer is generated. Under ``force_gates`` the probabilities are the gates.
     """
     if getattr(reft, "router", None) is None:
         raise ValueError("route() needs a ReftModel with a router (cl.CSReFT interventions).")
     device = next(reft.model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    collate = Collator(pad_token_id=pad, padding_side="left")
     gates, probs = [], []
     for start in range(0, len(instructions), batch_size):
-        encoded = [encode_prompt(tokenizer, x, template) for x in instructions[start:start + batch_size]]
-        batch = collate([{"input_ids": ids, "prompt_length": len(ids), "instruction_span": span} for ids, span in encoded])
-        batch.pop("labels")
+        batch = prompt_batch(tokenizer, instructions[start:start + batch_size], template)
         reft(**{k: v.to(device) for k, v in batch.items()})
         gates.append(reft.last_gates.detach().cpu())
-        probs.append(reft.router.last_probs.detach().cpu() if reft.router.last_probs is not None else gates[-1])
+        probs.append(reft.last_probs.cpu() if reft.last_probs is not None else gates[-1])
     return torch.cat(gates), torch.cat(probs)
 
 

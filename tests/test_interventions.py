@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import csreft_lite as cl
-from csreft_lite.interventions import build, orthonormal_rows
+from csreft_lite.checkpoint import build
+from csreft_lite.interventions import orthonormal_rows
 
 D, R = 16, 3
 
@@ -169,14 +170,12 @@ def test_balance_loss_against_an_independent_computation():
     assert abs(cl.balance_loss(collapsed).item()) < 1e-6  # 0: router collapse
 
 
-def test_router_penalty_is_sparsity_plus_balance_of_the_last_call():
+def test_router_penalty_is_sparsity_plus_balance_of_the_probabilities():
     router = _perturbed(cl.Router(D, 3, gating="soft", sparsity=0.1, balance=2.0))
-    router(torch.randn(4, D))
-    p = router.last_probs
-    assert torch.allclose(router.penalty(), 0.1 * p.sum(-1).mean() + 2.0 * cl.balance_loss(p))
-    plain = cl.Router(D, 3, balance=0.0)
-    plain(torch.randn(4, D))
-    assert plain.penalty() is None
+    gates, p = router(torch.randn(4, D), with_probs=True)
+    assert torch.equal(p, router.last_probs) and torch.equal(gates, p)  # soft gates are the probabilities
+    assert torch.allclose(router.penalty(p), 0.1 * p.sum(-1).mean() + 2.0 * cl.balance_loss(p))
+    assert cl.Router(D, 3, balance=0.0).penalty(p) is None
     assert cl.Router(D, 3).balance == 1.0  # the default: without it top-1 routing collapses
 
 
@@ -201,6 +200,10 @@ def test_bf16_inputs_come_back_in_bf16_with_float32_parameters():
         (lambda: cl.Router(16, 2, gating="sharp"), "gating must be one of"),
         (lambda: cl.Router(16, 4, gating="topk", top_k=5), "top_k"),
         (lambda: build("LoRA", {}), "Unknown intervention kind"),
+        (lambda: cl.LoReFT(32.5, 2), r"LoReFT: d_model must be a positive whole number, got 32.5"),
+        (lambda: cl.CSReFT(32, 2, n_subspaces=0), "n_subspaces must be a positive whole number"),
+        (lambda: cl.Router(16, 2, balance=-1), r"balance is the weight of a penalty, a number >= 0.*got -1"),
+        (lambda: cl.Router(16, 2, sparsity=float("nan")), "sparsity is the weight of a penalty"),
     ],
 )
 def test_bad_construction_arguments_say_what_is_wrong(make, message):

@@ -263,6 +263,17 @@ def test_course_model_is_the_gguf_model_on_every_transformers_version(course_mod
 
 
 @pytest.mark.slow
+def test_loading_the_course_model_draws_no_progress_bar_and_leaves_transformers_bars_on(course_model, capfd):
+    from transformers.utils import logging
+
+    capfd.readouterr()
+    cl.load_course_model()  # from the cache, as in every notebook's set-up cell
+    printed = capfd.readouterr()
+    assert "Loading weights" not in printed.err + printed.out and "%|" not in printed.err  # no bar left in a saved notebook
+    assert logging.is_progress_bar_enabled()  # switched off only while loading
+
+
+@pytest.mark.slow
 def test_course_model_comes_back_frozen_in_eval_mode(course_model):
     model, tok = course_model
     assert not model.training

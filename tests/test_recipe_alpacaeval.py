@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import csreft_lite as cl
-from csreft_lite import data, evaluate, judge, train
+from csreft_lite import checkpoint, data, evaluate, judge, train
 from csreft_lite.recipes import alpacaeval as ae
 
 from .tiny import tiny_llama
@@ -310,7 +310,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
     full, history = _train(tmp_path / "a", data.Collator(0))
     with pytest.raises(KeyboardInterrupt):
         _train(tmp_path / "b", Crash(0), save_every=2)
-    assert json.loads((tmp_path / "b" / train.STATE_FILE).read_text())["step"] == 4
+    assert json.loads((tmp_path / "b" / checkpoint.STATE_FILE).read_text())["step"] == 4
     resumed, rest = _train(tmp_path / "b", data.Collator(0), resume=True)
     assert rest.steps == history.steps == 9 and rest.losses == history.losses[4:]
     for (name, p), q in zip(full.state_dict().items(), resumed.state_dict().values()):
@@ -341,7 +341,7 @@ def _gradients(checkpointing, monkeypatch):
     mlp.forward = lambda *args, _run=mlp.forward, **kw: (counter.__setitem__(0, counter[0] + 1), _run(*args, **kw))[1]
     if checkpointing == "hooks inside":  # after ReftModel hooked the layers, so the hooks run inside each checkpoint
         model.config.use_cache = False  # a KV cache would be written twice, by the forward and by the recompute
-        monkeypatch.setattr(cl.reft_model, "_is_checkpointing", lambda model: True)  # what transformers 4.x reports
+        monkeypatch.setattr(cl.reft_model, "is_checkpointing", lambda model: True)  # what transformers 4.x reports
         layers = model.model.layers
         for i in range(len(layers)):
             layers[i] = _CheckpointedCall(layers[i])

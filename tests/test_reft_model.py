@@ -176,7 +176,7 @@ def test_router_penalty_is_added_to_the_loss_only_when_the_router_ran(model):
     labels = x.clone()
     out = reft(x, labels=labels, instruction_spans=spans())
     assert out.penalty is not None and torch.allclose(out.loss, out.ce_loss + out.penalty)
-    assert torch.allclose(out.penalty, router.penalty().detach())
+    assert torch.allclose(out.penalty, router.penalty(reft.last_probs))  # the probabilities of this very call
     with reft.force_gates([1, 0, 0]):  # no router in this call, so no router penalty from an earlier one
         assert reft(x, labels=labels).penalty is None
 
@@ -419,15 +419,15 @@ def test_router_placement_and_shape_mistakes_are_named(model):
         cl.ReftModel(model, {1: cl.LoReFT(D, 2)}, router=cl.Router(D, 3))
 
 
-def test_a_checkpoint_with_per_layer_routers_from_version_0_1_gets_a_clear_error(model, tmp_path):
+def test_a_checkpoint_with_per_layer_routers_of_format_1_gets_a_clear_error(model, tmp_path):
     make_reft(model).save(tmp_path / "ckpt")
     config_file = tmp_path / "ckpt" / "reft_config.json"
     config = json.loads(config_file.read_text())
-    config.pop("format"), config.pop("router")  # what csreft_lite 0.1 wrote
+    config.pop("format"), config.pop("router")  # what the code before the shared router wrote
     config["version"] = "0.1.0"
     config["interventions"]["layer2"]["config"].update(router_hidden=None, gating="soft", top_k=None, sparsity=0.0)
     config_file.write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="written by csreft_lite 0.1.0.*router of its own.*retrain, or load it with csreft_lite 0.1.0"):
+    with pytest.raises(ValueError, match="checkpoint format 1, written while every CS-ReFT layer had a router of its own.*retrain"):
         cl.ReftModel.load(tmp_path / "ckpt", tiny_llama())
 
 
@@ -436,6 +436,23 @@ def test_force_gates_without_routed_interventions_is_an_error(model):
     with pytest.raises(ValueError, match="routed interventions"):
         with reft.force_gates([1.0]):
             pass
+
+
+@pytest.mark.parametrize("gates", [[float("nan"), 0, 0], [-0.5, 1, 0], [0, 2, 0]])
+def test_forced_gates_outside_zero_to_one_are_refused(model, gates):
+    reft = make_reft(model)
+    with pytest.raises(ValueError, match=r"Gates lie in \[0, 1\]"):
+        with reft.force_gates(gates):
+            pass
+    assert reft(ids(), instruction_spans=spans()).logits is not None  # the router is back
+
+
+def test_saving_onto_a_file_says_a_checkpoint_is_a_folder(model, tmp_path):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("keep me")
+    with pytest.raises(FileExistsError, match="is a file; a checkpoint is a folder"):
+        make_reft(model).save(taken)
+    assert taken.read_text() == "keep me"
 
 
 def test_gates_given_with_a_batch_fix_each_examples_gates_for_that_call(model):

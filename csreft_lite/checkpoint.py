@@ -1,0 +1,296 @@
+"""Checkpoints: the format on disk, the checks on the way back, and the training state for resuming.
+
+A ``ReftModel`` checkpoint is a folder with ``reft_config.json`` (what is attached where, and to which
+model) and ``interventions.safetensors`` (the weights): no pickles. Loading reads and checks everything
+before it touches the model, and a damaged or inconsistent checkpoint raises ``CheckpointError`` naming
+the file and the fix. ``train(checkpoint_dir=...)`` adds the optimizer's moments and the step reached.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from .hooks import Positions
+from .interventions import CSReFT, DiReFT, LoReFT
+from .models import decoder_layers, hidden_size, model_name
+from .routing import Router
+
+CONFIG_FILE = "reft_config.json"
+WEIGHTS_FILE = "interventions.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "train_state.json"
+# 2: one router for all CS-ReFT layers. 1: a router inside each CSReFT (development before the first release).
+FORMAT = 2
+KINDS = {"LoReFT": LoReFT, "DiReFT": DiReFT, "CSReFT": CSReFT, "Router": Router}
+_RESAVE = "If you still have the trained ReftModel, save it again with reft.save(path); otherwise load an earlier checkpoint."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: damaged, incomplete or inconsistent. The message names the file."""
+
+
+def key(layer: int, group: str | None) -> str:
+    """The name of an intervention in ``reft.interventions`` and in the weights file: ``layer9``, ``layer9_first``."""
+    return f"layer{layer}" if group is None else f"layer{layer}_{group}"
+
+
+def build(kind: str, config: dict) -> nn.Module:
+    """Rebuild an intervention or router from its class name and ``config()``; names unknown and missing keys."""
+    if kind not in KINDS:
+        raise ValueError(f"Unknown intervention kind {kind!r}; known kinds: {', '.join(KINDS)}.")
+    params = inspect.signature(KINDS[kind]).parameters  # the constructor's arguments are the config's keys
+    unknown = sorted(set(config) - set(params))
+    missing = [name for name, p in params.items() if p.default is inspect.Parameter.empty and name not in config]
+    if unknown or missing:
+        problems = ([f"unknown keys {unknown}"] if unknown else []) + ([f"missing keys {missing}"] if missing else [])
+        raise ValueError(
+            f"The {kind} config has {' and '.join(problems)}; {kind} accepts {list(params)}. Was the checkpoint "
+            f"written by another version of csreft_lite (its 'version' field) or edited by hand? Load it with the "
+            f"version that wrote it, or correct the keys."
+        )
+    return KINDS[kind](**config)
+
+
+def identity(model: nn.Module) -> dict:
+    """What a checkpoint records of its base model, and checks on loading: hidden size, depth and name."""
+    return {"base_model": model_name(model), "hidden_size": hidden_size(model), "num_layers": len(decoder_layers(model))}
+
+
+def describe(reft) -> dict:
+    """A ``ReftModel``'s ``reft_config.json``: the base model, positions, layers, interventions and router."""
+    from . import __version__
+
+    return {
+        "library": "csreft_lite", "version": __version__, "format": FORMAT, **identity(reft.model),
+        "positions": str(reft.positions), "share_positions": reft.share_positions, "layers": reft.layers,
+        "interventions": {k: {"kind": type(m).__name__, "config": m.config()} for k, m in reft.interventions.items()},
+        "router": None if reft.router is None else {"layer": reft.router_layer, "config": reft.router.config()},
+    }
+
+
+def load(cls, path: str | Path, model: nn.Module, check_model_name: bool = True):
+    """``ReftModel.load``: read and check everything, then build; a failure leaves ``model`` as it was."""
+    config, by_layer, (router, router_layer), state = read(path, identity(model), check_model_name)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:  # the constructor checks layers, sizes and the router before it touches the model
+        reft = cls(model, by_layer, positions=config["positions"], share_positions=config["share_positions"],
+                   router=router, router_layer=router_layer)
+    except ValueError as error:
+        raise CheckpointError(f"{Path(path) / CONFIG_FILE} does not fit this model: {error}") from error
+    try:
+        check_state(Path(path) / WEIGHTS_FILE, state, reft.state_dict())
+        reft.load_state_dict(state)
+    except BaseException:
+        reft.remove()  # no hook left behind, and the frozen flags as they were
+        for p in trainable:
+            p.requires_grad_(True)
+        raise
+    return reft
+
+
+def save(config: dict, state: Mapping[str, torch.Tensor], path: str | Path) -> Path:
+    """Write a config and weights into the folder ``path`` (created when missing)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} is a file; a checkpoint is a folder. Pass the path of a folder (new or existing).")
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
+    (path / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    return path
+
+
+def read(path: str | Path, model_identity: dict, check_model_name: bool = True) -> tuple[dict, dict, tuple, dict]:
+    """Read and check a checkpoint for a model: ``(config, {layer: intervention}, (router, router_layer), weights)``."""
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"No ReftModel checkpoint in {path}: expected {CONFIG_FILE} and {WEIGHTS_FILE}.")
+    file = path / CONFIG_FILE
+    config = _read_config(file)
+    _check_model(config, model_identity, path, check_model_name)
+    if config.get("format", 1) < FORMAT and any(isinstance(e, dict) and e.get("kind") == "CSReFT" for e in config["interventions"].values()):
+        raise CheckpointError(
+            f"{file} has checkpoint format {config.get('format', 1)}, written while every CS-ReFT layer had a router of its "
+            f"own reading that layer's f5+l5 positions. Now one router reads the instruction's tokens and gates every "
+            f"layer, so these weights cannot be reused: retrain."
+        )
+    return config, _build_interventions(config, file), _build_router(config, file), read_weights(path / WEIGHTS_FILE)
+
+
+_CONFIG_FIELDS = {"positions": str, "share_positions": bool, "layers": list, "interventions": dict}
+
+
+def _read_config(file: Path) -> dict:
+    """``reft_config.json`` as a dict, or a ``CheckpointError`` that names the file and what is wrong."""
+    try:
+        config = json.loads(Path(file).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(
+            f"{file} cannot be read as JSON ({error}): the checkpoint is damaged or was not written completely. {_RESAVE}"
+        ) from error
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{file} holds a {type(config).__name__}, not the JSON object that ReftModel.save() writes.")
+    wrong = [f"'{k}' ({'missing' if k not in config else type(config[k]).__name__ + ', expected ' + t.__name__})"
+             for k, t in _CONFIG_FIELDS.items() if not isinstance(config.get(k), t)]
+    if wrong:
+        raise CheckpointError(
+            f"{file} is not a complete ReftModel config: {', '.join(wrong)}. It was edited by hand, damaged, or "
+            f"written by something else. {_RESAVE}"
+        )
+    try:
+        Positions.parse(config["positions"])
+    except ValueError as error:
+        raise CheckpointError(f"{file}: 'positions' {config['positions']!r} cannot be read ({error}).") from error
+    if not config["layers"] or not all(isinstance(x, int) and not isinstance(x, bool) for x in config["layers"]):
+        raise CheckpointError(f"{file}: 'layers' must be a non-empty list of layer numbers, got {config['layers']!r}.")
+    return config
+
+
+def _check_model(config: dict, identity: dict, path: Path, check_model_name: bool) -> None:
+    """Refuse a checkpoint made for another model (hidden size, depth, and unless told otherwise, name)."""
+    fields = [f for f in ("hidden_size", "num_layers", "base_model") if f != "base_model" or check_model_name]
+    mismatches = [f"{f}: checkpoint {config.get(f)!r} vs model {identity[f]!r}" for f in fields if config.get(f) != identity[f]]
+    if mismatches:
+        only_name = len(mismatches) == 1 and mismatches[0].startswith("base_model")
+        raise ValueError(
+            f"The checkpoint in {path} was made for another model ({'; '.join(mismatches)}). Load it on the "
+            f"model it was trained on{', or pass check_model_name=False if only the name differs' if only_name else ''}."
+        )
+
+
+def _build_router(config: dict, file: Path) -> tuple[Router | None, int | None]:
+    """The shared router and the layer it reads, from the config's ``router`` section (None without one)."""
+    routing = config.get("router")
+    if routing is None:
+        return None, None
+    if not isinstance(routing, dict) or not isinstance(routing.get("config"), dict) or not isinstance(routing.get("layer"), int):
+        raise CheckpointError(f"{file}: 'router' must be {{\"layer\": ..., \"config\": {{...}}}}, got {routing!r}. {_RESAVE}")
+    try:
+        return build("Router", routing["config"]), routing["layer"]
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{file}: the router cannot be built: {error}") from error
+
+
+def _build_interventions(config: dict, file: Path) -> dict[int, nn.Module]:
+    """``{layer: intervention}`` from the config's entries, after checking they match its ``layers``."""
+    share, entries = config["share_positions"], config["interventions"]
+    expected = [key(layer, group) for layer in config["layers"] for group in ((None,) if share else ("first", "last"))]
+    missing = [k for k in expected if k not in entries]
+    unexpected = [k for k in entries if k not in expected]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{file}: the 'interventions' entries do not match 'layers' {config['layers']} with "
+            f"share_positions={share} (expected entries {expected}; missing {missing or 'none'}; unexpected "
+            f"{unexpected or 'none'}). The file was edited by hand or damaged. {_RESAVE}"
+        )
+    by_layer = {}
+    for layer in config["layers"]:
+        name = key(layer, None if share else "first")
+        spec = entries[name]
+        if not isinstance(spec, dict) or not isinstance(spec.get("config"), dict) or "kind" not in spec:
+            raise CheckpointError(f"{file}: entry '{name}' must be {{\"kind\": ..., \"config\": {{...}}}}, got {spec!r}.")
+        try:
+            by_layer[layer] = build(spec["kind"], spec["config"])
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"{file}: entry '{name}' cannot be built: {error}") from error
+    return by_layer
+
+
+def read_weights(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, or a ``CheckpointError`` that names the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(
+            f"{file} cannot be read ({error}): the file is damaged or was not written completely (a full disk, "
+            f"an interrupted copy). {_RESAVE}"
+        ) from error
+
+
+def check_state(file: Path, state: Mapping[str, torch.Tensor], ours: Mapping[str, torch.Tensor],
+                fit: str = "the interventions its config describes",
+                fix: str = "Config and weights must come from the same reft.save().") -> None:
+    """Every tensor that ``ours`` holds is in ``state``, with its shape, and nothing else."""
+    bad = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in ours.items() if k in state and state[k].shape != v.shape]
+    missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
+    if bad or missing or unexpected:
+        raise CheckpointError(
+            f"The weights in {file} do not fit {fit}: shape mismatches {bad or 'none'}; missing "
+            f"{missing or 'none'}; unexpected {unexpected or 'none'}. {fix}"
+        )
+
+
+# ---------------------------------------------------------------- training state (train(checkpoint_dir=...))
+
+
+def save_training(reft, optimizer, path: str | Path, step: int) -> None:
+    """Interventions (``reft.save``), AdamW's moments (safetensors) and the step reached (JSON)."""
+    from safetensors.torch import save_file
+
+    reft.save(path)
+    state = optimizer.state_dict()
+    moments = {f"{i}.{name}": torch.as_tensor(value).detach().cpu().contiguous()
+               for i, slots in state["state"].items() for name, value in slots.items()}
+    save_file(moments, str(Path(path) / OPTIMIZER_FILE))
+    (Path(path) / STATE_FILE).write_text(json.dumps({"step": step, "param_groups": state["param_groups"]}, indent=1))
+
+
+def restore_training(reft, optimizer, path: str | Path) -> int:
+    """Load what ``save_training`` wrote into ``reft`` and ``optimizer``; return the step (0: nothing to resume).
+
+    An incomplete or damaged checkpoint is an error, never silently restarted (the next save would
+    overwrite it). Everything is read and checked first, so a failed resume leaves ``reft`` as it was.
+    """
+    path = Path(path)
+    names = (WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE)
+    present = [name for name in names if (path / name).is_file()]
+    if not present:
+        return 0
+    if len(present) < len(names):
+        raise CheckpointError(
+            f"Cannot resume from {path}: it has {', '.join(present)} but not {', '.join(n for n in names if n not in present)}. "
+            f"A training checkpoint (written by train(checkpoint_dir=...)) has all three; a folder written by reft.save() "
+            f"alone cannot be resumed. Pass another checkpoint_dir to start afresh, or resume=False (which overwrites this folder)."
+        )
+    step, groups = _read_train_state(path / STATE_FILE)
+    weights = read_weights(path / WEIGHTS_FILE)
+    check_state(path / WEIGHTS_FILE, weights, reft.state_dict(), fit="this run's interventions",
+                fix="Resume with the interventions, layers and positions that wrote the checkpoint.")
+    moments = read_weights(path / OPTIMIZER_FILE)
+    try:
+        state: dict = {}
+        for name, value in moments.items():
+            i, slot = name.split(".", 1)
+            state.setdefault(int(i), {})[slot] = value
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError, TypeError, RuntimeError) as error:
+        raise CheckpointError(
+            f"Cannot resume: the optimizer state in {path / OPTIMIZER_FILE} does not fit these interventions "
+            f"({error}). Resume with the interventions that wrote the checkpoint, or pass resume=False to start afresh."
+        ) from error
+    reft.load_state_dict(weights)
+    return step
+
+
+def _read_train_state(file: Path) -> tuple[int, list]:
+    try:
+        meta = json.loads(file.read_text())
+        step, groups = int(meta["step"]), meta["param_groups"]
+        if step < 0 or not isinstance(groups, list):
+            raise ValueError(f"step {step}, param_groups of type {type(groups).__name__}")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(
+            f"Cannot resume: {file} is damaged ({type(error).__name__}: {error}); it should hold the step reached and "
+            f"the optimizer's settings. Resume from an earlier copy of the folder, or pass resume=False to start afresh."
+        ) from error
+    return step, groups
