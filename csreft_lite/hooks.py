@@ -19,16 +19,7 @@ from torch import nn
 
 from .compat import hidden_of, replace_hidden
 from .models import decoder_layers, hidden_size
-
-
-def check_layers(model: nn.Module, layers: Sequence[int]) -> list[int]:
-    """Validate layer indices against the model; negative indices count from the end."""
-    n = len(decoder_layers(model))
-    for layer in layers:
-        if isinstance(layer, bool) or not hasattr(layer, "__index__") or not -n <= int(layer) < n:  # ints, numpy ints
-            raise ValueError(f"Layer {layer!r} does not exist: this model has {n} decoder layers, numbered 0 to {n - 1} "
-                             f"(negative numbers count from the end).")
-    return [int(layer) % n for layer in layers]
+from .validate import check_layers, check_prompt_lengths, check_spans
 
 
 # ---------------------------------------------------------------- positions
@@ -86,17 +77,10 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def _prompt_lengths(attention_mask: torch.Tensor, prompt_lengths) -> torch.Tensor:
-    """Each row's prompt length (without it, every real token is prompt), checked against the row."""
+    """Each row's prompt length, checked against its real tokens (without ``prompt_lengths``, every real token)."""
     available = attention_mask.bool().sum(1)
     lengths = available if prompt_lengths is None else torch.as_tensor(prompt_lengths, device=attention_mask.device).long()
-    if lengths.shape != available.shape:
-        raise ValueError(f"prompt_lengths must have one entry per example ({len(available)}), got shape {tuple(lengths.shape)}.")
-    if bool((lengths > available).any()):
-        i = int((lengths > available).nonzero()[0])
-        raise ValueError(f"Positions past the sequence: example {i} has a prompt of {int(lengths[i])} tokens but only "
-                         f"{int(available[i])} real tokens. Check prompt_lengths (they count prompt tokens, without padding).")
-    if bool((lengths < 1).any()):
-        raise ValueError("An example has an empty prompt (prompt length 0): there is no position to intervene on.")
+    check_prompt_lengths(lengths, available)
     return lengths
 
 
@@ -129,17 +113,8 @@ def span_mask(attention_mask: torch.Tensor, spans: torch.Tensor, prompt_lengths:
     """``[batch, seq]`` float mask, 1 on each example's span ``[start, end)`` of prompt tokens: ``spans [batch, 2]`` count
     from each prompt's first real token, like positions. The router reads the instruction's tokens through it."""
     spans = torch.as_tensor(spans, device=attention_mask.device).long()
-    if spans.shape != (attention_mask.shape[0], 2):
-        raise ValueError(f"instruction_spans must be [batch, 2] = [{attention_mask.shape[0]}, 2] (start, end) pairs, "
-                         f"got shape {tuple(spans.shape)}.")
-    lengths = _prompt_lengths(attention_mask, prompt_lengths)
+    check_spans(spans, _prompt_lengths(attention_mask, prompt_lengths))
     start, end = spans[:, 0], spans[:, 1]
-    bad = (start < 0) | (end <= start) | (end > lengths)
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0])
-        raise ValueError(f"Example {i} has the instruction span [{int(start[i])}, {int(end[i])}) in a prompt of {int(lengths[i])} "
-                         f"tokens: a span must be 0 <= start < end <= prompt length. An empty span means the prompt has no "
-                         f"instruction text for the router to read; spans come from data.make_dataset / data.encode_prompt.")
     offsets = torch.arange(attention_mask.shape[1], device=attention_mask.device) - prompt_starts(attention_mask)[:, None]
     return ((offsets >= start[:, None]) & (offsets < end[:, None])).float()
 

@@ -16,6 +16,8 @@ import math
 import torch
 from torch import nn
 
+from .validate import check_input, check_sizes
+
 
 def orthonormal_rows(raw: torch.Tensor) -> torch.Tensor:
     """Map any full-rank ``[r, d]`` matrix (r ≤ d) to one with orthonormal rows.
@@ -29,23 +31,6 @@ def orthonormal_rows(raw: torch.Tensor) -> torch.Tensor:
     signs = torch.sign(torch.diagonal(r))
     signs = torch.where(signs == 0, torch.ones_like(signs), signs)
     return (q * signs).T  # [r, d], R Rᵀ = I
-
-
-def check_sizes(name: str, n_subspaces: int = 1, **sizes) -> None:
-    """Refuse sizes that are not positive whole numbers, and more orthonormal directions than ``d_model`` has."""
-    for key, value in {**sizes, "n_subspaces": n_subspaces}.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: {key} must be a positive whole number, got {value!r}.")
-    if "rank" in sizes and n_subspaces * sizes["rank"] > sizes["d_model"]:
-        raise ValueError(f"{n_subspaces} subspace(s) of rank {sizes['rank']} need {n_subspaces * sizes['rank']} orthonormal "
-                         f"directions, but the hidden size is only {sizes['d_model']}. Use a smaller rank or fewer subspaces.")
-
-
-def check_input(h: torch.Tensor, d_model: int, name: str) -> None:
-    """Refuse hidden states of another width, naming both sizes."""
-    if h.shape[-1] != d_model:
-        raise ValueError(f"{name} was built for hidden size {d_model} but got a tensor of shape {tuple(h.shape)} (last "
-                         f"dimension {h.shape[-1]}). Build it with d_model={h.shape[-1]}, or attach it to a model with hidden size {d_model}.")
 
 
 class LoReFT(nn.Module):

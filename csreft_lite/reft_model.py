@@ -22,10 +22,11 @@ from . import checkpoint
 from .checkpoint import key
 from .compat import hidden_of, is_checkpointing, register_pytree, replace_hidden
 from .data import collator_for
-from .hooks import PositionIndex, Positions, check_layers, edit_at, position_ids, resolve_positions, span_mask
+from .hooks import PositionIndex, Positions, edit_at, position_ids, resolve_positions, span_mask
 from .interventions import CSReFT
 from .models import decoder_layers, hidden_size, model_name
 from .routing import Router, instruction_summary, shared_router
+from .validate import check_batch, check_gates, check_layers
 
 
 @dataclass
@@ -186,33 +187,13 @@ class ReftModel(nn.Module):
         layer for every example; ``[batch, k]`` sets them per example."""
         if self.router is None:
             raise ValueError("force_gates needs routed interventions (cl.CSReFT); these have no gates.")
-        k = self.router.n_subspaces
-        g = torch.as_tensor(gates, dtype=torch.float32)
-        if g.dim() > 2 or g.dim() == 0 or g.shape[-1] != k:
-            raise ValueError(f"force_gates takes one gate per subspace ({k} values, or [batch, {k}]), got shape {tuple(g.shape)}.")
-        if not bool(((g >= 0) & (g <= 1)).all()):  # NaN fails both
-            raise ValueError(f"Gates lie in [0, 1] (0: subspace off, 1: fully on); got {g.tolist()}.")
-        previous, self._forced = self._forced, g.reshape(-1, k)
+        previous, self._forced = self._forced, check_gates(gates, self.router.n_subspaces)  # [1 or batch, k]
         try:
             yield
         finally:
             self._forced = previous
 
     # ------------------------------------------------------------ forward and generate
-
-    def _check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels=None) -> torch.Tensor:
-        device = next(self.model.parameters()).device
-        if input_ids.device != device:
-            raise ValueError(f"input_ids are on {input_ids.device} but the model is on {device}; move the batch with .to({str(device)!r}).")
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}.")
-        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        for name, t in (("attention_mask has", attention_mask), ("labels have", labels)):
-            if t is not None and t.shape != input_ids.shape:
-                raise ValueError(f"{name} shape {tuple(t.shape)} but input_ids {tuple(input_ids.shape)}: give one value per token "
-                                 f"(labels: -100 where nothing is learned), padded like input_ids, e.g. with "
-                                 f"csreft_lite.data.collator_for(tokenizer).")
-        return attention_mask
 
     def where(self, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor | None = None) -> PositionIndex:
         """The positions this model edits for a padded batch (left or right padding)."""
@@ -224,7 +205,7 @@ class ReftModel(nn.Module):
         """The base model's output with the edits applied; with ``labels`` (-100 where nothing is learned) a ``ReftOutput``
         whose loss is the mean cross-entropy over supervised tokens plus the router's penalty. ``instruction_spans``
         ``[batch, 2]``: what the router reads; ``gates`` ``[batch, k]``: this call's gates instead (e.g. a skill label)."""
-        attention_mask = self._check_inputs(input_ids, attention_mask, labels)
+        attention_mask = check_batch(self.model, input_ids, attention_mask, labels)
         fixed = self.force_gates(gates) if gates is not None else nullcontext()
         with fixed, self._active(attention_mask, prompt_lengths, instruction_spans) as call:
             if labels is None:
@@ -254,7 +235,7 @@ class ReftModel(nn.Module):
                  instruction_spans: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """``model.generate`` with the edits applied to the (left-padded) prompts. The edits act during the prefill; the
         KV cache carries them to every generated token, and decode steps run the base model: no slower than it."""
-        attention_mask = self._check_inputs(input_ids, attention_mask)
+        attention_mask = check_batch(self.model, input_ids, attention_mask)
         if bool((attention_mask[:, -1] == 0).any()):
             raise ValueError("generate() needs left padding (the last column is padding); set tokenizer.padding_side='left'.")
         kwargs.setdefault("pad_token_id", getattr(self.model.generation_config, "pad_token_id", None) or self.model.config.eos_token_id)

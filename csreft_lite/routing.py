@@ -7,13 +7,12 @@ that one router fits the CS-ReFT layers it gates. ``ReftModel`` runs it once per
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .interventions import CSReFT, check_input, check_sizes
+from .interventions import CSReFT
+from .validate import check_input, check_sizes, check_weights
 
 GATINGS = ("soft", "topk", "hard")
 
@@ -93,9 +92,7 @@ class Router(nn.Module):
             raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}.")
         if gating == "topk" and not 1 <= top_k <= n_subspaces:
             raise ValueError(f"gating='topk' needs 1 <= top_k <= n_subspaces={n_subspaces}, got top_k={top_k}.")
-        for name, weight in (("sparsity", sparsity), ("balance", balance)):
-            if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
-                raise ValueError(f"Router: {name} is the weight of a penalty, a number >= 0 (0 switches it off); got {weight!r}.")
+        check_weights("Router", sparsity=sparsity, balance=balance)
         self.d_model, self.n_subspaces, self.hidden = d_model, n_subspaces, hidden
         self.gating, self.top_k, self.sparsity, self.balance = gating, top_k, sparsity, balance
         if hidden is None:

@@ -33,6 +33,9 @@ class TrainHistory:
     tokens: int = 0
     seconds: float = 0.0
 
+    def __len__(self) -> int:
+        return len(self.losses)
+
     @property
     def final_loss(self) -> float:
         """Mean loss over the last tenth of the steps (a less noisy end point than the last step)."""

@@ -1,0 +1,101 @@
+"""Checks on what a user passes in, each failing with a message that names the problem and the fix.
+
+The core (interventions, routing, hooks, reft_model) calls these at its entry points, so a wrong layer
+index, positions past the sequence, a tensor on another device or a gate outside [0, 1] fail at once and
+say why; the method itself reads without them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .models import decoder_layers
+
+
+def check_sizes(name: str, n_subspaces: int = 1, **sizes) -> None:
+    """Sizes are positive whole numbers, and ``n_subspaces × rank`` orthonormal directions fit in ``d_model``."""
+    for key, value in {**sizes, "n_subspaces": n_subspaces}.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: {key} must be a positive whole number, got {value!r}.")
+    if "rank" in sizes and n_subspaces * sizes["rank"] > sizes["d_model"]:
+        raise ValueError(f"{n_subspaces} subspace(s) of rank {sizes['rank']} need {n_subspaces * sizes['rank']} orthonormal "
+                         f"directions, but the hidden size is only {sizes['d_model']}. Use a smaller rank or fewer subspaces.")
+
+
+def check_weights(name: str, **weights) -> None:
+    """Penalty weights are numbers ≥ 0 (0 switches a penalty off)."""
+    for key, value in weights.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name}: {key} is the weight of a penalty, a number >= 0 (0 switches it off); got {value!r}.")
+
+
+def check_input(h: torch.Tensor, d_model: int, name: str) -> None:
+    """Hidden states have the width the module was built for."""
+    if h.shape[-1] != d_model:
+        raise ValueError(f"{name} was built for hidden size {d_model} but got a tensor of shape {tuple(h.shape)} (last dimension "
+                         f"{h.shape[-1]}). Build it with d_model={h.shape[-1]}, or attach it to a model with hidden size {d_model}.")
+
+
+def check_layers(model: nn.Module, layers: Sequence[int]) -> list[int]:
+    """Layer indices the model has (ints or numpy ints; negative ones count from the end), as indices from 0."""
+    n = len(decoder_layers(model))
+    for layer in layers:
+        if isinstance(layer, bool) or not hasattr(layer, "__index__") or not -n <= int(layer) < n:
+            raise ValueError(f"Layer {layer!r} does not exist: this model has {n} decoder layers, numbered 0 to {n - 1} "
+                             f"(negative numbers count from the end).")
+    return [int(layer) % n for layer in layers]
+
+
+def check_prompt_lengths(lengths: torch.Tensor, available: torch.Tensor) -> None:
+    """One prompt length per example, at least 1 and at most the example's real (unpadded) tokens."""
+    if lengths.shape != available.shape:
+        raise ValueError(f"prompt_lengths must have one entry per example ({len(available)}), got shape {tuple(lengths.shape)}.")
+    if bool((lengths > available).any()):
+        i = int((lengths > available).nonzero()[0])
+        raise ValueError(f"Positions past the sequence: example {i} has a prompt of {int(lengths[i])} tokens but only "
+                         f"{int(available[i])} real tokens. Check prompt_lengths (they count prompt tokens, without padding).")
+    if bool((lengths < 1).any()):
+        raise ValueError("An example has an empty prompt (prompt length 0): there is no position to intervene on.")
+
+
+def check_spans(spans: torch.Tensor, lengths: torch.Tensor) -> None:
+    """Instruction spans ``[batch, 2]`` with ``0 <= start < end <= prompt length``."""
+    if spans.shape != (len(lengths), 2):
+        raise ValueError(f"instruction_spans must be [batch, 2] = [{len(lengths)}, 2] (start, end) pairs, got shape {tuple(spans.shape)}.")
+    start, end = spans[:, 0], spans[:, 1]
+    bad = (start < 0) | (end <= start) | (end > lengths)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"Example {i} has the instruction span [{int(start[i])}, {int(end[i])}) in a prompt of {int(lengths[i])} "
+                         f"tokens: a span must be 0 <= start < end <= prompt length. An empty span means the prompt has no "
+                         f"instruction text for the router to read; spans come from data.make_dataset / data.encode_prompt.")
+
+
+def check_batch(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels=None) -> torch.Tensor:
+    """``input_ids [batch, seq]`` on the model's device, a mask and labels of the same shape; returns the mask."""
+    device = next(model.parameters()).device
+    if input_ids.device != device:
+        raise ValueError(f"input_ids are on {input_ids.device} but the model is on {device}; move the batch with .to({str(device)!r}).")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}.")
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    for name, t in (("attention_mask has", attention_mask), ("labels have", labels)):
+        if t is not None and t.shape != input_ids.shape:
+            raise ValueError(f"{name} shape {tuple(t.shape)} but input_ids {tuple(input_ids.shape)}: give one value per token "
+                             f"(labels: -100 where nothing is learned), padded like input_ids, e.g. with "
+                             f"csreft_lite.data.collator_for(tokenizer).")
+    return attention_mask
+
+
+def check_gates(gates, k: int) -> torch.Tensor:
+    """Forced gates: ``[k]`` or ``[batch, k]``, each in [0, 1]; returned as ``[1 or batch, k]`` float32."""
+    g = torch.as_tensor(gates, dtype=torch.float32)
+    if g.dim() not in (1, 2) or g.shape[-1] != k:
+        raise ValueError(f"force_gates takes one gate per subspace ({k} values, or [batch, {k}]), got shape {tuple(g.shape)}.")
+    if not bool(((g >= 0) & (g <= 1)).all()):  # NaN fails both
+        raise ValueError(f"Gates lie in [0, 1] (0: subspace off, 1: fully on); got {g.tolist()}.")
+    return g.reshape(-1, k)
