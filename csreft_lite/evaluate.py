@@ -266,6 +266,27 @@ def _annotator_config(annotator: str, judge_model: str | None, directory: Path) 
     return str(directory / "configs.yaml")
 
 
+def alpaca_eval_references(judge: str, reference_outputs: str | Path | None = None) -> Path:
+    """The reference file ``judge`` compares with, once what it needs is checked: a key, the hub files (or local ones).
+
+    Cheap: a long run calls it before training, so that a missing key or file shows up then, not hours later.
+    """
+    import os
+
+    spec = ALPACA_EVAL_JUDGES[judge]
+    if not os.environ.get("OPENAI_API_KEY"):
+        raise RuntimeError(f"judge {judge!r} calls an OpenAI-compatible server and needs OPENAI_API_KEY (any value "
+                           "for a server without keys, with OPENAI_BASE_URL); without one use judge='local'.")
+    if reference_outputs is not None and not Path(reference_outputs).is_file():
+        raise FileNotFoundError(f"No reference outputs at {reference_outputs}: a JSON list of instruction/output/generator "
+                                f"records, e.g. AlpacaEval's {spec['reference']}.")
+    hint = ", or pass a local copy as reference_outputs (--reference-outputs)"
+    reference = Path(reference_outputs) if reference_outputs else alpaca_eval_file(spec["reference"], hint)
+    if spec["metric"] == "get_length_controlled_winrate":  # the LC regression reads instruction difficulties from it
+        alpaca_eval_file("df_gamed.csv", "; alpaca_eval's length-controlled win rate needs it")
+    return reference
+
+
 def alpaca_eval(model_outputs: str | Path, output_dir: str | Path, judge: str = "alpaca_eval_1",
                 reference_outputs: str | Path | None = None, judge_model: str | None = None) -> dict:
     """Score a ``model_outputs`` file with alpaca_eval's own evaluator and judge prompt; returns what the number is.
@@ -280,14 +301,7 @@ def alpaca_eval(model_outputs: str | Path, output_dir: str | Path, judge: str = 
     import os
     import warnings
 
-    spec = ALPACA_EVAL_JUDGES[judge]
-    if not os.environ.get("OPENAI_API_KEY"):
-        raise RuntimeError(f"judge {judge!r} calls an OpenAI-compatible server and needs OPENAI_API_KEY (any value "
-                           "for a server without keys, with OPENAI_BASE_URL); without one use judge='local'.")
-    hint = ", or pass a local copy as reference_outputs (--reference-outputs)"
-    reference = Path(reference_outputs) if reference_outputs else alpaca_eval_file(spec["reference"], hint)
-    if spec["metric"] == "get_length_controlled_winrate":  # the LC regression reads instruction difficulties from it
-        alpaca_eval_file("df_gamed.csv", "; alpaca_eval's length-controlled win rate needs it")
+    spec, reference = ALPACA_EVAL_JUDGES[judge], alpaca_eval_references(judge, reference_outputs)
     _quiet_alpaca_eval_import()
     from alpaca_eval import main, utils
 

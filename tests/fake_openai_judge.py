@@ -21,6 +21,8 @@ import argparse
 import json
 import math
 import re
+import signal
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -72,6 +74,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         with self.server.lock:
             self.server.requests.append({"path": self.path, "model": body.get("model"), "logprobs": body.get("logprobs")})
+            if getattr(self.server, "verbose", False):
+                print(f"request {len(self.server.requests)}: POST {self.path} model={body.get('model')}", flush=True)
         if self.path.rstrip("/") != "/v1/chat/completions":
             return self._send(404, {"error": {"message": f"this fake judge serves only /v1/chat/completions, not {self.path}"}})
         try:
@@ -121,10 +125,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     port = parser.parse_args().port
     server = FakeJudge(port).server
+    server.verbose = True  # one line per request
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill PID` stops it as Ctrl-C does
     print(f"fake OpenAI-compatible judge on http://127.0.0.1:{server.server_address[1]}/v1 (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         pass
     finally:
         print(f"{len(server.requests)} requests served", flush=True)

@@ -143,6 +143,11 @@ def test_offline_without_a_hub_file_the_error_names_it_and_the_way_to_get_it(tmp
         evaluate.alpaca_eval(path, tmp_path / "scores", "alpaca_eval_2", reference_outputs=SMOKE_EVAL)
     with pytest.raises(FileNotFoundError, match=r"alpaca_eval\.json.*--eval-dataset"):
         ae.load_eval_records(ae.make_config(smoke=False))
+    with pytest.raises(FileNotFoundError, match=r"No reference outputs at .*nowhere\.json"):
+        evaluate.alpaca_eval(path, tmp_path / "scores", "alpaca_eval_1", reference_outputs=tmp_path / "nowhere.json")
+    with pytest.raises(FileNotFoundError, match=r"df_gamed\.csv"):  # the recipe checks before training, not hours after
+        ae.main(["--smoke", "--judge", "alpaca_eval_2", "--output-dir", str(tmp_path / "run")])
+    assert not (tmp_path / "run" / "checkpoint").exists()
     assert judge.requests == []  # it stops before the first paid request
 
 

@@ -354,7 +354,9 @@ def load_base(config: RecipeConfig):
 
 
 def build_reft(model, config: RecipeConfig) -> cl.ReftModel:
-    """CS-ReFT interventions at the configured layers and positions."""
+    """CS-ReFT interventions at the configured layers and positions, started from ``config.seed``: a run repeats
+    exactly, so a re-run gives the same answers and AlpacaEval's cached verdicts cover them."""
+    cl_train.set_seed(config.seed)
     d = model.config.hidden_size
     interventions = {layer: make_intervention(config, d) for layer in config.layers}
     return cl.ReftModel(model, interventions, positions=config.positions, share_positions=config.share_positions,
@@ -493,19 +495,20 @@ def local_judge_score(config: RecipeConfig, eval_records: list[dict], outputs: l
     return result
 
 
-def score(config: RecipeConfig, outputs_path: Path, eval_records: list[dict], outputs: list[str], base=None, base_tok=None) -> dict:
-    """Score the answers with the configured judge (``resolve_judge``) and print what the number is.
+def references(config: RecipeConfig) -> str | None:
+    """The AlpacaEval judges' references: ``reference_outputs``, else the judge's official ones when ``eval_dataset``
+    is AlpacaEval itself (None), else ``eval_dataset``'s own ``output``s (smoke: the shipped references)."""
+    return config.reference_outputs or (None if config.eval_dataset == cl_eval.ALPACA_EVAL_REPO else config.eval_dataset)
 
-    The AlpacaEval judges compare with the judge's official references when ``eval_dataset`` is AlpacaEval itself,
-    else with ``eval_dataset``'s own ``output``s (smoke: the shipped references), or with ``reference_outputs``.
-    """
+
+def score(config: RecipeConfig, outputs_path: Path, eval_records: list[dict], outputs: list[str], base=None, base_tok=None) -> dict:
+    """Score the answers with the configured judge (``resolve_judge``) against ``references`` and print what the number is."""
     judge = resolve_judge(config)
     if judge == "local":
         result = local_judge_score(config, eval_records, outputs, base, base_tok)
     else:
-        reference = config.reference_outputs or (None if config.eval_dataset == cl_eval.ALPACA_EVAL_REPO else config.eval_dataset)
         result = cl_eval.alpaca_eval(outputs_path, Path(config.output_dir) / "alpaca_eval", judge,
-                                     reference_outputs=reference, judge_model=config.judge_model)
+                                     reference_outputs=references(config), judge_model=config.judge_model)
     say(config, describe(result))
     return result
 
@@ -580,6 +583,8 @@ def run(config: RecipeConfig) -> dict:
     say(config, f"CS-ReFT AlpacaEval recipe: {'smoke run on CPU with the course model' if config.smoke else 'full run'}; "
         f"config: {json.dumps(dataclasses.asdict(config))}")
     print_budget(config)
+    if resolve_judge(config) != "local":  # a missing key or reference file shows up now, not after hours of training
+        cl_eval.alpaca_eval_references(resolve_judge(config), references(config))
     model, tok = load_base(config)
     reft = build_reft(model, config)
     say(config, reft.summary())
