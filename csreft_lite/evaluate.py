@@ -305,6 +305,12 @@ def alpaca_eval(model_outputs: str | Path, output_dir: str | Path, judge: str = 
     _quiet_alpaca_eval_import()
     from alpaca_eval import main, utils
 
+    references = utils.load_or_convert_to_dataframe(reference)
+    unmatched = set(read_alpaca_eval_outputs(model_outputs)["instruction"]) - set(references["instruction"])
+    if unmatched:  # alpaca_eval would silently judge only the others
+        raise ValueError(f"{len(unmatched)} instructions of {model_outputs} are not in the references {reference}, "
+                         f"e.g. {sorted(unmatched)[0][:60]!r}: give references to the same instructions (reference_outputs).")
+
     directory = Path(output_dir) / (spec["annotator"] + (f"@{judge_model.replace('/', '--')}" if judge_model else ""))
     directory.mkdir(parents=True, exist_ok=True)  # verdicts cached here (never in site-packages), config, results
     config = _annotator_config(spec["annotator"], judge_model, directory)
@@ -320,7 +326,7 @@ def alpaca_eval(model_outputs: str | Path, output_dir: str | Path, judge: str = 
     row = leaderboard.iloc[0]  # win_rate, standard_error, n_total, avg_length (+ length_controlled_winrate, lc_standard_error)
     result = {k: v.item() if hasattr(v, "item") else v for k, v in row.items() if k != "mode"}
     model = judge_model or spec["model"]
-    reference_generator = str(utils.load_or_convert_to_dataframe(reference)["generator"].iloc[0])
+    reference_generator = str(references["generator"].iloc[0])
     result.update(
         judge=judge, annotator=spec["annotator"], judge_model=model, reference_generator=reference_generator,
         reference_outputs=str(reference), judge_endpoint=os.environ.get("OPENAI_BASE_URL", "OpenAI"),

@@ -135,6 +135,13 @@ def test_official_references_come_from_the_datasets_json_file(tmp_path, judge, h
     assert not result["comparable"]  # 6 prompts, not 805
 
 
+def test_answers_to_other_instructions_than_the_references_are_refused(tmp_path, judge):
+    path = evaluate.write_alpaca_eval_outputs(tmp_path / "model_outputs.json", ["What is 2 + 2?"], ["Four."], "my-csreft")
+    with pytest.raises(ValueError, match=r"1 instructions of .*model_outputs\.json are not in the references .*'What is 2 \+ 2\?'"):
+        evaluate.alpaca_eval(path, tmp_path / "scores", "alpaca_eval_1", reference_outputs=SMOKE_EVAL)
+    assert judge.requests == []
+
+
 def test_offline_without_a_hub_file_the_error_names_it_and_the_way_to_get_it(tmp_path, judge, hub):
     path = _outputs(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"alpaca_eval_gpt4_baseline\.json.*hf download tatsu-lab/alpaca_eval.*--reference-outputs"):
