@@ -273,6 +273,8 @@ def alpaca_eval_references(judge: str, reference_outputs: str | Path | None = No
     """
     import os
 
+    if judge not in ALPACA_EVAL_JUDGES:
+        raise ValueError(f"judge must be one of {sorted(ALPACA_EVAL_JUDGES)} (AlpacaEval 1.0, 2.0), got {judge!r}.")
     spec = ALPACA_EVAL_JUDGES[judge]
     if not os.environ.get("OPENAI_API_KEY"):
         raise RuntimeError(f"judge {judge!r} calls an OpenAI-compatible server and needs OPENAI_API_KEY (any value "

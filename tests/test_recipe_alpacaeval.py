@@ -222,6 +222,8 @@ def test_alpaca_eval_judges_need_a_key(monkeypatch, tmp_path):
     for judge_name in ("alpaca_eval_1", "alpaca_eval_2"):
         with pytest.raises(RuntimeError, match="OPENAI_API_KEY.*OPENAI_BASE_URL.*local"):
             evaluate.alpaca_eval(tmp_path / "x.json", tmp_path, judge_name)
+    with pytest.raises(ValueError, match="alpaca_eval_1.*alpaca_eval_2.*'alpaca_eval_3'"):
+        evaluate.alpaca_eval_references("alpaca_eval_3")
 
 
 # ---- the local judge ------------------------------------------------------------------------
