@@ -138,14 +138,26 @@ def write_alpaca_eval_outputs(
     return path
 
 
+def _drop_client_config_warning(record) -> bool:
+    """False for alpaca_eval's warning, on every judge request, that the OpenAI client comes from the environment."""
+    return "We are using environment variables to construct the client configs" not in record.getMessage()
+
+
 def _quiet_alpaca_eval_import() -> None:
-    """Import alpaca_eval once without its pkg_resources deprecation warning (alpaca-eval 0.6 still uses it)."""
+    """Import alpaca_eval without its side effects on the program: its pkg_resources deprecation warning (alpaca-eval
+    0.6 still uses it), the INFO level it sets on the root logger, and a warning per request about
+    ``OPENAI_API_KEY``/``OPENAI_BASE_URL``, which are the standard way (and ours) to choose the judge's server."""
+    import logging
     import warnings
 
+    root, level = logging.getLogger(), logging.getLogger().level
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
         import alpaca_eval.main  # noqa: F401
         import alpaca_eval.utils  # noqa: F401
+    root.setLevel(level)
+    if _drop_client_config_warning not in root.filters:
+        root.addFilter(_drop_client_config_warning)
 
 
 def read_alpaca_eval_outputs(path: str | Path):
@@ -182,32 +194,134 @@ def win_rate(annotations) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.get_winrate(annotations).items()}
 
 
-ALPACA_EVAL_1_ANNOTATOR = "alpaca_eval_gpt4"  # AlpacaEval 1.0: GPT-4 judge, reference text-davinci-003
+ALPACA_EVAL_REPO = "tatsu-lab/alpaca_eval"  # a dataset repo of JSON/CSV files (its loading script no longer runs: datasets >= 4)
+# The two AlpacaEval versions: alpaca_eval's annotator config, its judge model, the reference file and its generator,
+# and the metric. A score is comparable with the public leaderboard only with this judge, these references, 805 prompts.
+ALPACA_EVAL_JUDGES = {
+    "alpaca_eval_1": {"annotator": "alpaca_eval_gpt4", "model": "gpt-4", "reference": "alpaca_eval.json",
+                      "generator": "text_davinci_003", "metric": "get_winrate", "version": "AlpacaEval 1.0 win rate"},
+    "alpaca_eval_2": {"annotator": "weighted_alpaca_eval_gpt4_turbo", "model": "gpt-4-1106-preview",
+                      "reference": "alpaca_eval_gpt4_baseline.json", "generator": "gpt4_turbo",
+                      "metric": "get_length_controlled_winrate", "version": "AlpacaEval 2.0 length-controlled win rate"},
+}
 
 
-def alpaca_eval_1(model_outputs: str | Path, output_dir: str | Path, name: str | None = None) -> dict[str, float]:
-    """The AlpacaEval 1.0 win rate, as in the ReFT and CS-ReFT papers: GPT-4 judges against text-davinci-003.
+def alpaca_eval_file(filename: str, hint: str = "") -> Path:
+    """A file of the ``tatsu-lab/alpaca_eval`` dataset repo, downloaded once into the Hugging Face cache.
 
-    Needs ``OPENAI_API_KEY`` (it calls GPT-4, ~805 requests) and the hub (the reference outputs).
-    Returns alpaca_eval's leaderboard row for this model (``win_rate``, ``standard_error``, ...).
+    Offline (or without the hub) only a cached copy works; without one, a ``FileNotFoundError`` says how to get it.
+    """
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(ALPACA_EVAL_REPO, filename, repo_type="dataset"))
+    except OSError as e:  # offline, unreachable, or gone from the repo
+        raise FileNotFoundError(
+            f"AlpacaEval's {filename} is not in the Hugging Face cache and the hub did not provide it "
+            f"({type(e).__name__}). On a machine with internet run `hf download {ALPACA_EVAL_REPO} {filename} "
+            f"--repo-type dataset` (it fills ~/.cache/huggingface/hub; copy that over){hint}."
+        ) from e
+
+
+def _annotator_class():
+    """alpaca_eval's ``PairwiseAnnotator``, reading its cache back with float preferences.
+
+    pandas 3 reads a cache whose preferences are all whole (1.0, 2.0) as int64, and alpaca_eval 0.6.6 then
+    fails to set a tie (1.5) in that column: "Invalid value '1.5' for dtype 'int64'" on every re-run.
+    """
+    from alpaca_eval.annotators import PairwiseAnnotator
+
+    class Annotator(PairwiseAnnotator):
+        def load_(self, path=None):
+            super().load_(path)
+            if self.df_annotations is not None:
+                self.df_annotations[self.annotation_key] = self.df_annotations[self.annotation_key].astype(float)
+
+    return Annotator
+
+
+def _annotator_config(annotator: str, judge_model: str | None, directory: Path) -> str:
+    """The annotator config to use: alpaca_eval's own, or a copy in ``directory`` asking ``judge_model`` instead."""
+    if judge_model is None:
+        return annotator
+    import yaml
+    from alpaca_eval import constants, utils
+
+    configs = utils.load_configs(constants.EVALUATORS_CONFIG_DIR / annotator)
+    for config in configs.values():  # the same prompt, parser and decoding; another model, always as a chat
+        config["prompt_template"] = str(constants.EVALUATORS_CONFIG_DIR / config["prompt_template"])
+        config["completions_kwargs"].update(model_name=judge_model, requires_chatml=True)
+    (directory / "configs.yaml").write_text(yaml.safe_dump(configs))
+    return str(directory / "configs.yaml")
+
+
+def alpaca_eval_references(judge: str, reference_outputs: str | Path | None = None) -> Path:
+    """The reference file ``judge`` compares with, once what it needs is checked: a key, the hub files (or local ones).
+
+    Cheap: a long run calls it before training, so that a missing key or file shows up then, not hours later.
     """
     import os
 
+    if judge not in ALPACA_EVAL_JUDGES:
+        raise ValueError(f"judge must be one of {sorted(ALPACA_EVAL_JUDGES)} (AlpacaEval 1.0, 2.0), got {judge!r}.")
+    spec = ALPACA_EVAL_JUDGES[judge]
     if not os.environ.get("OPENAI_API_KEY"):
-        raise RuntimeError("AlpacaEval's GPT-4 annotator needs OPENAI_API_KEY; without it use csreft_lite.judge (an approximation).")
-    _quiet_alpaca_eval_import()
-    from alpaca_eval import constants, main
+        raise RuntimeError(f"judge {judge!r} calls an OpenAI-compatible server and needs OPENAI_API_KEY (any value "
+                           "for a server without keys, with OPENAI_BASE_URL); without one use judge='local'.")
+    if reference_outputs is not None and not Path(reference_outputs).is_file():
+        raise FileNotFoundError(f"No reference outputs at {reference_outputs}: a JSON list of instruction/output/generator "
+                                f"records, e.g. AlpacaEval's {spec['reference']}.")
+    hint = ", or pass a local copy as reference_outputs (--reference-outputs)"
+    reference = Path(reference_outputs) if reference_outputs else alpaca_eval_file(spec["reference"], hint)
+    if spec["metric"] == "get_length_controlled_winrate":  # the LC regression reads instruction difficulties from it
+        alpaca_eval_file("df_gamed.csv", "; alpaca_eval's length-controlled win rate needs it")
+    return reference
 
-    leaderboard, _ = main.evaluate(
-        model_outputs=str(model_outputs),
-        reference_outputs=constants.ALPACAEVAL_REFERENCE_OUTPUTS_1,
-        annotators_config=ALPACA_EVAL_1_ANNOTATOR,
-        name=name,
-        output_path=str(output_dir),
-        fn_metric="get_winrate",
-        sort_by="win_rate",
-        is_cache_leaderboard=False,  # never write our row into the package's shipped leaderboard
-        is_return_instead_of_print=True,
+
+def alpaca_eval(model_outputs: str | Path, output_dir: str | Path, judge: str = "alpaca_eval_1",
+                reference_outputs: str | Path | None = None, judge_model: str | None = None) -> dict:
+    """Score a ``model_outputs`` file with alpaca_eval's own evaluator and judge prompt; returns what the number is.
+
+    ``judge``: ``"alpaca_eval_1"`` (the ReFT and CS-ReFT papers: GPT-4 vs text-davinci-003, raw win rate) or
+    ``"alpaca_eval_2"`` (the field since 2024: GPT-4-Turbo vs gpt4_turbo, length-controlled win rate). The judge is
+    called through the OpenAI client, so ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` choose the server; ``judge_model``
+    asks that server for another model (an open one behind vLLM, say), which makes the number incomparable.
+    ``reference_outputs``: a local file instead of the official references (downloaded once, then cached).
+    The judge's verdicts are cached in ``output_dir``: scoring the same outputs again costs no request.
+    """
+    import os
+    import warnings
+
+    spec, reference = ALPACA_EVAL_JUDGES[judge], alpaca_eval_references(judge, reference_outputs)
+    _quiet_alpaca_eval_import()
+    from alpaca_eval import main, utils
+
+    references = utils.load_or_convert_to_dataframe(reference)
+    unmatched = set(read_alpaca_eval_outputs(model_outputs)["instruction"]) - set(references["instruction"])
+    if unmatched:  # alpaca_eval would silently judge only the others
+        raise ValueError(f"{len(unmatched)} instructions of {model_outputs} are not in the references {reference}, "
+                         f"e.g. {sorted(unmatched)[0][:60]!r}: give references to the same instructions (reference_outputs).")
+
+    directory = Path(output_dir) / (spec["annotator"] + (f"@{judge_model.replace('/', '--')}" if judge_model else ""))
+    directory.mkdir(parents=True, exist_ok=True)  # verdicts cached here (never in site-packages), config, results
+    config = _annotator_config(spec["annotator"], judge_model, directory)
+    with warnings.catch_warnings():  # the LC regression's scikit-learn deprecations are alpaca_eval's to fix
+        warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
+        leaderboard, _ = main.evaluate(
+            model_outputs=str(model_outputs), reference_outputs=str(reference), annotators_config=config,
+            output_path=str(directory.parent if config == spec["annotator"] else directory),  # it appends a config name
+            precomputed_leaderboard=None, is_cache_leaderboard=False, is_return_instead_of_print=True,
+            fn_metric=spec["metric"], metric_kwargs={"save_weights_dir": None} if "length" in spec["metric"] else None,
+            sort_by="win_rate", Annotator=_annotator_class(), caching_path=str(directory / "annotations_cache.json"),
+        )
+    row = leaderboard.iloc[0]  # win_rate, standard_error, n_total, avg_length (+ length_controlled_winrate, lc_standard_error)
+    result = {k: v.item() if hasattr(v, "item") else v for k, v in row.items() if k != "mode"}
+    model = judge_model or spec["model"]
+    reference_generator = str(references["generator"].iloc[0])
+    result.update(
+        judge=judge, annotator=spec["annotator"], judge_model=model, reference_generator=reference_generator,
+        reference_outputs=str(reference), judge_endpoint=os.environ.get("OPENAI_BASE_URL", "OpenAI"),
+        comparable=(model, reference_generator, result["n_total"]) == (spec["model"], spec["generator"], 805),
+        label=f"{spec['version']} ({spec['annotator']}: {model} vs {reference_generator})",
     )
-    row = leaderboard.loc[name or read_alpaca_eval_outputs(model_outputs)["generator"].iloc[0]]
-    return {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in row.items()}
+    return result

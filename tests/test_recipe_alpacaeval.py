@@ -1,8 +1,8 @@
 """The AlpacaEval recipe (notebook 05): its config, data formatting, parameter arithmetic, outputs file,
-win rates through the alpaca-eval package's own code, the local judge, and resumable training.
+win rates through the alpaca-eval package's own code, judges by configuration, the local judge, and resumable training.
 
 Nothing here needs the network, a GPU or an OpenAI key: hub data sets are stood in for by in-memory
-records shaped like them, and AlpacaEval's GPT-4 annotator by a fixture of annotations.
+records shaped like them. AlpacaEval's own judges, through a judge server on 127.0.0.1: test_alpaca_eval_real.py.
 """
 
 import json
@@ -202,40 +202,28 @@ def test_win_rate_of_the_fixture_by_alpaca_evals_metrics():
     assert metrics.pairwise_to_winrate(prefs)["win_rate"] == pytest.approx(expected)
 
 
-def test_alpaca_eval_evaluate_runs_offline_with_fixture_annotations(tmp_path):
-    """The whole alpaca_eval.evaluate pipeline (load outputs and reference, merge, metric, leaderboard),
-    with the GPT-4 annotator replaced by the fixture: what the recipe runs when OPENAI_API_KEY is set."""
-    from alpaca_eval import main
-
-    fixture = {a["instruction"]: a for a in json.loads(FIXTURE.read_text())}
-
-    class FixtureAnnotator:
-        def __init__(self, annotators_config=None, **kwargs):
-            pass
-
-        def annotate_head2head(self, outputs_1, outputs_2, **kwargs):
-            assert list(outputs_1["instruction"]) == list(outputs_2["instruction"])
-            return [dict(fixture[i], output_2=o) for i, o in zip(outputs_2["instruction"], outputs_2["output"])]
-
-    path, evals = _write_outputs(tmp_path)
-    leaderboard, annotations = main.evaluate(
-        model_outputs=str(path), reference_outputs=str(SMOKE_EVAL), annotators_config=evaluate.ALPACA_EVAL_1_ANNOTATOR,
-        output_path=str(tmp_path / "results"), precomputed_leaderboard=None, fn_metric="get_winrate", sort_by="win_rate",
-        is_return_instead_of_print=True, Annotator=FixtureAnnotator,
-    )
-    prefs = [fixture[e["instruction"]]["preference"] for e in evals]
-    assert leaderboard.loc["my-csreft", "win_rate"] == pytest.approx(100 * sum(p - 1 for p in prefs) / len(prefs))
-    assert (tmp_path / "results" / evaluate.ALPACA_EVAL_1_ANNOTATOR / "annotations.json").is_file()
-
-
-def test_real_alpaca_eval_needs_a_key(monkeypatch, tmp_path):
+def test_judges_by_configuration(monkeypatch):
+    """``auto`` is AlpacaEval 1.0 (the papers') with a key outside smoke mode, else the local judge; explicit judges stay."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    with pytest.raises(RuntimeError, match="OPENAI_API_KEY"):
-        evaluate.alpaca_eval_1(tmp_path / "x.json", tmp_path)
-    c = ae.make_config(smoke=False)
-    assert not ae.use_alpaca_eval(c)  # "auto" without a key: the local judge, labelled as an approximation
+    full, smoke = ae.make_config(smoke=False), ae.make_config(smoke=True)
+    assert (ae.resolve_judge(full), ae.resolve_judge(smoke)) == ("local", "local")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    assert ae.use_alpaca_eval(c) and not ae.use_alpaca_eval(ae.make_config(smoke=True))
+    assert (ae.resolve_judge(full), ae.resolve_judge(smoke)) == ("alpaca_eval_1", "local")
+    assert ae.resolve_judge(ae.make_config(smoke=True, judge="alpaca_eval_2")) == "alpaca_eval_2"
+    assert ae.RecipeConfig(judge="alpaca_eval").judge == "alpaca_eval_1"  # the name from before AlpacaEval 2.0
+    with pytest.raises(ValueError, match="alpaca_eval_2"):
+        ae.RecipeConfig(judge="gpt4")
+    args = vars(ae._parser().parse_args(["--judge", "alpaca_eval_2", "--judge-model", "Qwen/Qwen2.5-72B-Instruct"]))
+    assert (args["judge"], args["judge_model"]) == ("alpaca_eval_2", "Qwen/Qwen2.5-72B-Instruct")
+
+
+def test_alpaca_eval_judges_need_a_key(monkeypatch, tmp_path):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    for judge_name in ("alpaca_eval_1", "alpaca_eval_2"):
+        with pytest.raises(RuntimeError, match="OPENAI_API_KEY.*OPENAI_BASE_URL.*local"):
+            evaluate.alpaca_eval(tmp_path / "x.json", tmp_path, judge_name)
+    with pytest.raises(ValueError, match="alpaca_eval_1.*alpaca_eval_2.*'alpaca_eval_3'"):
+        evaluate.alpaca_eval_references("alpaca_eval_3")
 
 
 # ---- the local judge ------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""CS-ReFT on Llama-2-7B, trained on UltraFeedback and scored on AlpacaEval 1.0: the recipe behind notebook 05.
+"""CS-ReFT on Llama-2-7B, trained on UltraFeedback and scored on AlpacaEval: the recipe behind notebook 05.
 
     python -m csreft_lite.recipes.alpacaeval                       # the paper's config on a GPU; smoke run without one
     python -m csreft_lite.recipes.alpacaeval --smoke               # CPU smoke run: course model, shipped data, minutes
+    python -m csreft_lite.recipes.alpacaeval --judge alpaca_eval_2 # score with AlpacaEval 2.0's LC win rate instead
     python -m csreft_lite.recipes.alpacaeval --config configs/alpacaeval_llama2_7b.yaml --epochs 3
     accelerate launch -m csreft_lite.recipes.alpacaeval --config configs/alpacaeval_llama2_7b.yaml   # several GPUs
 
@@ -20,6 +21,11 @@ Smoke mode (automatic without CUDA, or ``--smoke``) runs the same functions with
 (SmolLM2-135M-Instruct), the ~40 training examples and 6 eval prompts shipped inside the package
 (``csreft_lite/recipes/smoke_data/``, so a pip install has them too), and the course model as a local
 judge. Every line it prints starts with ``[SMOKE]``, every plot title too; the real run prints ``[FULL]``.
+
+Judges (``--judge``): ``alpaca_eval_1`` (the papers' metric: GPT-4 vs text-davinci-003), ``alpaca_eval_2`` (the field's
+since 2024: GPT-4-Turbo vs gpt4_turbo, length-controlled), ``local`` (an approximation by a local model), ``auto``
+(``alpaca_eval_1`` with ``OPENAI_API_KEY`` outside smoke mode, else ``local``). The AlpacaEval judges go through the
+OpenAI client: ``OPENAI_BASE_URL`` picks any OpenAI-compatible server, ``--judge-model`` another model on it.
 """
 
 from __future__ import annotations
@@ -45,7 +51,6 @@ from .. import train as cl_train
 
 # The shipped smoke files: package data next to this module, so editable and wheel installs both have them.
 DATA_DIR = Path(__file__).resolve().parent / "smoke_data"
-ALPACA_EVAL_JSON = "hf://datasets/tatsu-lab/alpaca_eval/alpaca_eval.json"  # 805 rows, reference = text-davinci-003
 
 # Llama-2-7B's shape, for parameter arithmetic without downloading it.
 LLAMA2_7B = {"d_model": 4096, "n_layers": 32, "n_params": 6_738_415_616, "vocab": 32_000, "d_ffn": 11_008}
@@ -102,8 +107,10 @@ class RecipeConfig:
     repetition_penalty: float = 1.1
     no_repeat_ngram_size: int = 5
     generator_name: str = "csreft-llama-2-7b"
-    judge: str = "auto"  # "alpaca_eval" (needs OPENAI_API_KEY), "local", or "auto" (alpaca_eval when a key is set)
-    judge_model: str = "Qwen/Qwen2.5-7B-Instruct"  # the local judge when there is no key; "base" = the base model itself
+    judge: str = "auto"  # "alpaca_eval_1", "alpaca_eval_2" (both need OPENAI_API_KEY), "local", or "auto" (see score)
+    judge_model: str | None = None  # AlpacaEval judges: the model asked of OPENAI_BASE_URL (None: GPT-4 / GPT-4-Turbo);
+    # local judge: a hub id or folder (None: Qwen/Qwen2.5-7B-Instruct, the base model in smoke mode), or "base"
+    reference_outputs: str | None = None  # a local reference file; None: the judge's official one (or eval_dataset's own)
     judge_batch_size: int = 4
     judge_max_answer_tokens: int = 512
     smoke: bool = False
@@ -112,8 +119,9 @@ class RecipeConfig:
         self.layers = tuple(int(x) for x in (self.layers.split(";") if isinstance(self.layers, str) else self.layers))
         if self.router not in ("linear", "paper"):
             raise ValueError(f"router must be 'linear' (d → k) or 'paper' (d → d/2 → k), got {self.router!r}.")
-        if self.judge not in ("auto", "alpaca_eval", "local"):
-            raise ValueError(f"judge must be 'auto', 'alpaca_eval' or 'local', got {self.judge!r}.")
+        self.judge = "alpaca_eval_1" if self.judge == "alpaca_eval" else self.judge  # the name before AlpacaEval 2.0
+        if self.judge not in ("auto", "alpaca_eval_1", "alpaca_eval_2", "local"):
+            raise ValueError(f"judge must be 'auto', 'alpaca_eval_1', 'alpaca_eval_2' or 'local', got {self.judge!r}.")
         if self.effective_batch % self.batch_size:
             raise ValueError(f"effective_batch={self.effective_batch} is not a multiple of batch_size={self.batch_size}.")
 
@@ -141,8 +149,6 @@ SMOKE_OVERRIDES: dict[str, Any] = {
     "eval_batch_size": 6,
     "max_new_tokens": 32,
     "generator_name": "csreft-smollm2-135m-smoke",
-    "judge": "local",
-    "judge_model": "base",
     "judge_batch_size": 6,
     "judge_max_answer_tokens": 48,
     "smoke": True,
@@ -322,7 +328,9 @@ def load_train_records(config: RecipeConfig) -> list[dict]:
 
 def load_eval_records(config: RecipeConfig) -> list[dict]:
     """AlpacaEval's 805 instructions with text-davinci-003's answers (full run), or the 6 shipped prompts (smoke)."""
-    source = ALPACA_EVAL_JSON if config.eval_dataset == "tatsu-lab/alpaca_eval" else config.eval_dataset
+    source = config.eval_dataset
+    if source == cl_eval.ALPACA_EVAL_REPO:  # the JSON file itself: datasets >= 4 no longer runs the repo's loading script
+        source = str(cl_eval.alpaca_eval_file("alpaca_eval.json", ", or pass a local copy as eval_dataset (--eval-dataset)"))
     records = alpaca_eval_records(_load_rows(source, "eval"))
     records = records[: config.max_eval_examples] if config.max_eval_examples else records
     say(config, f"eval prompts: {len(records)} from {config.eval_dataset}")
@@ -346,7 +354,9 @@ def load_base(config: RecipeConfig):
 
 
 def build_reft(model, config: RecipeConfig) -> cl.ReftModel:
-    """CS-ReFT interventions at the configured layers and positions."""
+    """CS-ReFT interventions at the configured layers and positions, started from ``config.seed``: a run repeats
+    exactly, so a re-run gives the same answers and AlpacaEval's cached verdicts cover them."""
+    cl_train.set_seed(config.seed)
     d = model.config.hidden_size
     interventions = {layer: make_intervention(config, d) for layer in config.layers}
     return cl.ReftModel(model, interventions, positions=config.positions, share_positions=config.share_positions,
@@ -442,44 +452,64 @@ def generate_outputs(reft, tok, eval_records: list[dict], config: RecipeConfig) 
 # ---------------------------------------------------------------- scoring
 
 
-def use_alpaca_eval(config: RecipeConfig) -> bool:
-    """Whether to score with the real AlpacaEval 1.0 annotator (GPT-4): needs a key, never in smoke mode."""
-    if config.smoke or config.judge == "local":
-        return False
-    has_key = bool(os.environ.get("OPENAI_API_KEY"))
-    if config.judge == "alpaca_eval" and not has_key:
-        raise RuntimeError("judge='alpaca_eval' needs OPENAI_API_KEY; use judge='local' for an approximation.")
-    return has_key
+LOCAL_JUDGE = "Qwen/Qwen2.5-7B-Instruct"  # the local judge of a full run without an OpenAI key
+
+
+def resolve_judge(config: RecipeConfig) -> str:
+    """``alpaca_eval_1``, ``alpaca_eval_2`` or ``local``: ``auto`` is AlpacaEval 1.0 (the papers') with a key, outside smoke mode."""
+    if config.judge != "auto":
+        return config.judge
+    return "alpaca_eval_1" if os.environ.get("OPENAI_API_KEY") and not config.smoke else "local"
+
+
+def describe(result: dict) -> str:
+    """One line that says what a score is: the number(s), the judge and reference, the prompts, the answers' length."""
+    lc = result.get("length_controlled_winrate")
+    number = (f"LC {lc:.1f}% ± {result['lc_standard_error']:.1f} (raw {result['win_rate']:.1f}% ± {result['standard_error']:.1f})"
+              if lc is not None else f"{result['win_rate']:.1f}% ± {result['standard_error']:.1f}")
+    where = "comparable with" if result["comparable"] else "NOT comparable with"
+    return (f"{result['label']}: {number} over {result['n_total']:.0f} prompts, mean answer {result['avg_length']:.0f} "
+            f"characters; {where} the public leaderboard")
+
+
+def local_judge_score(config: RecipeConfig, eval_records: list[dict], outputs: list[str], base=None, base_tok=None) -> dict:
+    """The local judge's win rate (an approximation, labelled so); ``base``: the judge when ``judge_model`` is "base"."""
+    from .. import judge as cl_judge
+
+    name = config.judge_model or ("base" if config.smoke else LOCAL_JUDGE)
+    if name == "base":
+        judge, judge_tok, name = base, base_tok, cl.models.model_name(base)
+    else:
+        judge, judge_tok = cl.load_model(name, dtype=config.dtype)
+    reference = eval_records[0]["generator"]
+    annotations = cl_judge.judge_annotations(
+        judge, judge_tok, [r["instruction"] for r in eval_records], [r["output"] for r in eval_records], outputs,
+        reference_name=reference, model_name=config.generator_name, judge_name=name,
+        batch_size=config.judge_batch_size, max_answer_tokens=config.judge_max_answer_tokens,
+    )
+    (Path(config.output_dir) / "local_judge_annotations.json").write_text(json.dumps(annotations, indent=1, ensure_ascii=False))
+    result = cl_eval.win_rate(annotations)
+    result.update(judge="local", annotator=annotations[0]["annotator"], judge_model=name, reference_generator=reference,
+                  avg_length=sum(map(len, outputs)) / len(outputs), comparable=False,
+                  label=f"local-judge approximation ({name} vs {reference}), not AlpacaEval")
+    return result
+
+
+def references(config: RecipeConfig) -> str | None:
+    """The AlpacaEval judges' references: ``reference_outputs``, else the judge's official ones when ``eval_dataset``
+    is AlpacaEval itself (None), else ``eval_dataset``'s own ``output``s (smoke: the shipped references)."""
+    return config.reference_outputs or (None if config.eval_dataset == cl_eval.ALPACA_EVAL_REPO else config.eval_dataset)
 
 
 def score(config: RecipeConfig, outputs_path: Path, eval_records: list[dict], outputs: list[str], base=None, base_tok=None) -> dict:
-    """AlpacaEval 1.0 win rate when a key is set; otherwise a local judge's approximation, labelled as such.
-
-    ``base``/``base_tok``: the base model, used as the judge when ``judge_model == "base"`` (smoke).
-    """
-    if use_alpaca_eval(config):
-        result = cl_eval.alpaca_eval_1(outputs_path, Path(config.output_dir) / "alpaca_eval")
-        result.update(kind="alpaca_eval_1", label="AlpacaEval 1.0 win rate (GPT-4 vs text-davinci-003)")
-        say(config, f"{result['label']}: {result['win_rate']:.2f}% ± {result['standard_error']:.2f}")
-        return result
-    from .. import judge as cl_judge
-
-    if config.judge_model == "base":
-        judge, judge_tok, judge_name = base, base_tok, cl.models.model_name(base)
+    """Score the answers with the configured judge (``resolve_judge``) against ``references`` and print what the number is."""
+    judge = resolve_judge(config)
+    if judge == "local":
+        result = local_judge_score(config, eval_records, outputs, base, base_tok)
     else:
-        judge, judge_tok = cl.load_model(config.judge_model, dtype=config.dtype)
-        judge_name = config.judge_model
-    annotations = cl_judge.judge_annotations(
-        judge, judge_tok, [r["instruction"] for r in eval_records], [r["output"] for r in eval_records], outputs,
-        reference_name=eval_records[0]["generator"], model_name=config.generator_name, judge_name=judge_name,
-        batch_size=config.judge_batch_size, max_answer_tokens=config.judge_max_answer_tokens,
-    )
-    path = Path(config.output_dir) / "local_judge_annotations.json"
-    path.write_text(json.dumps(annotations, indent=1, ensure_ascii=False))
-    result = cl_eval.win_rate(annotations)
-    result.update(kind="local_judge", judge=judge_name,
-                  label=f"local-judge approximation ({judge_name} vs {eval_records[0]['generator']}), not AlpacaEval")
-    say(config, f"{result['label']}: {result['win_rate']:.1f}% ± {result['standard_error']:.1f} over {int(result['n_total'])} prompts")
+        result = cl_eval.alpaca_eval(outputs_path, Path(config.output_dir) / "alpaca_eval", judge,
+                                     reference_outputs=references(config), judge_model=config.judge_model)
+    say(config, describe(result))
     return result
 
 
@@ -553,6 +583,8 @@ def run(config: RecipeConfig) -> dict:
     say(config, f"CS-ReFT AlpacaEval recipe: {'smoke run on CPU with the course model' if config.smoke else 'full run'}; "
         f"config: {json.dumps(dataclasses.asdict(config))}")
     print_budget(config)
+    if resolve_judge(config) != "local":  # a missing key or reference file shows up now, not after hours of training
+        cl_eval.alpaca_eval_references(resolve_judge(config), references(config))
     model, tok = load_base(config)
     reft = build_reft(model, config)
     say(config, reft.summary())
@@ -591,7 +623,7 @@ def _parser() -> argparse.ArgumentParser:
         elif f.name == "layers":
             parser.add_argument(flag, help="e.g. '3;9;18;24'")
         else:
-            kind = type(f.default) if f.default is not None else int
+            kind = type(f.default) if f.default is not None else (str if "str" in str(f.type) else int)
             parser.add_argument(flag, type=kind)
     return parser
 
