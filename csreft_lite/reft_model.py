@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -136,7 +137,7 @@ class ReftModel(nn.Module):
             new = hidden
             for group in self.groups:
                 module = self.interventions[key(layer, group)]
-                fn = (lambda h, m=module: m(h, gates=call.gates)) if isinstance(module, CSReFT) else module
+                fn = partial(module, gates=call.gates) if isinstance(module, CSReFT) else module  # CS-ReFT: this call's gates
                 new = edit_at(new, call.where, fn, None if group is None else call.where.groups[group])
             return replace_hidden(output, new)
 
