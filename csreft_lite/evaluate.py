@@ -1,7 +1,8 @@
-"""Evaluation: batched generation, per-skill accuracy, and AlpacaEval output files.
+"""Evaluation: batched generation, per-skill accuracy, routing, and scoring on AlpacaEval.
 
-``generate_answers`` works for a plain Hugging Face model and for a ``ReftModel`` alike, so
-"before" and "after" are measured by the same code.
+``generate_answers`` works for a plain Hugging Face model and for a ``ReftModel`` alike, so "before" and
+"after" are measured by the same code. AlpacaEval 1.0 and 2.0 are scored by alpaca_eval's own evaluator
+and judge prompts (``alpaca_eval``), with references read from the dataset repo's JSON files.
 """
 
 from __future__ import annotations
