@@ -1,7 +1,8 @@
-"""Version shims: every place where transformers 4.x and 5.x (or older torch) differ, in one room.
+"""Version shims: every place where versions of a dependency differ (transformers 4.x and 5.x, older torch,
+alpaca_eval under pandas 3), in one room.
 
-Each helper says which version needs it and when it can go. The rest of the library calls these
-and never asks for a version itself. CI runs transformers 4.45.1, 4.57.6 and 5.x (README, "Tested versions").
+Each helper says which version needs it and when it can go. The rest of the library calls these and never asks
+for a version itself. CI runs transformers 4.45.1, 4.57.6 and 5.x (README, "Tested versions").
 """
 
 from __future__ import annotations
@@ -142,3 +143,24 @@ def save_for_every_version(model, tokenizer, folder: Path) -> dict[str, torch.Te
     tokenizer.save_pretrained(folder, save_jinja_files=False)
     tied = model.config.tie_word_embeddings
     return {k: v.contiguous() for k, v in model.state_dict().items() if not (tied and k == _output_weight_name(model))}
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def alpaca_eval_annotator():
+    """alpaca_eval's ``PairwiseAnnotator``, reading its verdict cache back with float preferences.
+
+    pandas 3 reads a cache whose preferences are all whole (1.0, 2.0) as int64, and alpaca_eval 0.6.6 then fails
+    to set a tie (1.5) in that column, "Invalid value '1.5' for dtype 'int64'", on every re-score (goes when
+    alpaca_eval casts the column itself).
+    """
+    from alpaca_eval.annotators import PairwiseAnnotator
+
+    class Annotator(PairwiseAnnotator):
+        def load_(self, path=None):
+            super().load_(path)
+            if self.df_annotations is not None:
+                self.df_annotations[self.annotation_key] = self.df_annotations[self.annotation_key].astype(float)
+
+    return Annotator

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 
+from . import compat
 from .data import pad_token_id, prompt_batch
 from .progress import Progress
 from .reft_model import ReftModel
@@ -224,23 +225,6 @@ def alpaca_eval_file(filename: str, hint: str = "") -> Path:
         ) from e
 
 
-def _annotator_class():
-    """alpaca_eval's ``PairwiseAnnotator``, reading its cache back with float preferences.
-
-    pandas 3 reads a cache whose preferences are all whole (1.0, 2.0) as int64, and alpaca_eval 0.6.6 then
-    fails to set a tie (1.5) in that column: "Invalid value '1.5' for dtype 'int64'" on every re-run.
-    """
-    from alpaca_eval.annotators import PairwiseAnnotator
-
-    class Annotator(PairwiseAnnotator):
-        def load_(self, path=None):
-            super().load_(path)
-            if self.df_annotations is not None:
-                self.df_annotations[self.annotation_key] = self.df_annotations[self.annotation_key].astype(float)
-
-    return Annotator
-
-
 def _annotator_config(annotator: str, judge_model: str | None, directory: Path) -> str:
     """The annotator config to use: alpaca_eval's own, or a copy in ``directory`` asking ``judge_model`` instead."""
     if judge_model is None:
@@ -313,7 +297,7 @@ def alpaca_eval(model_outputs: str | Path, output_dir: str | Path, judge: str = 
             output_path=str(directory.parent if config == spec["annotator"] else directory),  # it appends a config name
             precomputed_leaderboard=None, is_cache_leaderboard=False, is_return_instead_of_print=True,
             fn_metric=spec["metric"], metric_kwargs={"save_weights_dir": None} if "length" in spec["metric"] else None,
-            sort_by="win_rate", Annotator=_annotator_class(), caching_path=str(directory / "annotations_cache.json"),
+            sort_by="win_rate", Annotator=compat.alpaca_eval_annotator(), caching_path=str(directory / "annotations_cache.json"),
         )
     row = leaderboard.iloc[0]  # win_rate, standard_error, n_total, avg_length (+ length_controlled_winrate, lc_standard_error)
     result = {k: v.item() if hasattr(v, "item") else v for k, v in row.items() if k != "mode"}
