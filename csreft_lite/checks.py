@@ -256,6 +256,7 @@ def check_instruction_summary(fn: Callable) -> Callable:
 
 def check_balance_term(fn: Callable) -> Callable:
     """Exercise (nb 04): minus the mutual information between an example and its subspace."""
+    solution = "nb04_router:balance_term"
     gen = torch.Generator().manual_seed(7)
     cases = [
         Case((torch.softmax(torch.randn(6, 3, generator=gen), -1),), "6 examples, k=3, softmax probabilities"),
@@ -263,9 +264,20 @@ def check_balance_term(fn: Callable) -> Callable:
         Case((torch.tensor([[0.7, 0.2, 0.1]]).repeat(5, 1),), "5 examples with the same distribution: router collapse (expect 0)"),
         Case((torch.rand(5, 4, generator=gen) * 0.9 + 0.05,), "5 examples, k=4, sigmoid gates whose rows do not sum to 1"),
     ]
-    hint = ("normalise each row to sum to 1 first (sigmoid gates do not); H(q) = −Σ q log q per row; return the "
-            "mean of the rows' entropies minus the entropy of the mean row (that order: lower is better).")
-    return check_exercise(fn, "nb04_router:balance_term", cases, hint, atol=1e-5)
+
+    def properties(f: Callable, case: Case) -> str | None:
+        probs = case.args[0]
+        got = f(probs.clone())
+        if torch.is_tensor(got) and got.numel() == 1 and torch.isnan(got).item() and (probs == 0).any():
+            return ("your answer is nan, and this case has probabilities that are exactly 0: 0 · log 0 is "
+                    "0 · (−inf) = nan in floating point, while the entropy counts it as 0 (its limit as q → 0). "
+                    "Keep the log away from 0 (clamp q to a tiny minimum first) or drop the zero terms")
+        return compare(got, reference(solution)(*case.args), atol=1e-5, rtol=1e-5)
+
+    hint = ("normalise each row to sum to 1 first (sigmoid gates do not); H(q) = −Σ q log q per row, with "
+            "0 · log 0 = 0; return the mean of the rows' entropies minus the entropy of the mean row "
+            "(that order: lower is better).")
+    return check_exercise(fn, solution, cases, hint, properties=properties)
 
 
 # ---------------------------------------------------------------- notebook 01: hidden-state interventions

@@ -1,28 +1,68 @@
-"""Matplotlib figures shared by the notebooks.
+"""Matplotlib figures shared by the notebooks, in one style for the whole course.
 
-Every helper takes ``ax=None`` (draws a new small figure when absent), labels its axes and
-title, and returns the figure, so notebooks stay short and pictures look alike.
+Every helper takes ``ax=None`` (draws a new figure of the course's size when absent), labels its axes and
+title, and returns the figure, so notebooks stay short and pictures look alike. Each notebook calls
+``use_course_style()`` once in its import cell: the same fonts everywhere and retina PNGs in Jupyter.
+Figures are one panel (``PANEL``) or a full row of two (``panels(2)``), never in between.
 """
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
+PANEL = (5.5, 3.5)  # inches of one panel; a row of two is twice as wide
+DPI = 100  # with retina PNGs, 200 pixels per inch on screen
+STYLE = {
+    "figure.dpi": DPI,
+    "figure.figsize": PANEL,
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 8.5,
+}
 
-def new_axes(ax=None, size=(5.5, 3.5)):
-    """``(fig, ax)``: the given axes and its figure, or a fresh small figure."""
+
+def use_course_style() -> None:
+    """Set the course's figure style: ``STYLE`` for matplotlib, and retina PNGs when running in Jupyter."""
+    plt.rcParams.update(STYLE)
+    try:
+        from IPython import get_ipython
+    except ImportError:  # plain Python: nothing to tell the inline backend
+        return
+    if get_ipython() is not None:
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+        set_matplotlib_formats("retina")
+
+
+def panels(ncols: int = 1, nrows: int = 1, height: float | None = None, **kwargs):
+    """``(fig, axes)``: a new figure of ``ncols × nrows`` panels of the course's size (``height`` per row)."""
+    size = (PANEL[0] * ncols, (height or PANEL[1]) * nrows)
+    return plt.subplots(nrows, ncols, figsize=size, dpi=DPI, **kwargs)
+
+
+def new_axes(ax=None, size=PANEL):
+    """``(fig, ax)``: the given axes and its figure, or a fresh figure of ``size`` inches."""
     if ax is not None:
         return ax.figure, ax
-    fig, ax = plt.subplots(figsize=size, dpi=100)
+    fig, ax = plt.subplots(figsize=size, dpi=DPI)
     return fig, ax
 
 
-def loss_curve(losses, ax=None, title: str = "Training loss", label: str | None = None):
-    """Loss per optimiser step."""
+def _percent(share: float) -> str:
+    """A share in % with two significant digits (0.0039%, 0.34%), and 100% without decimals."""
+    return "100%" if share >= 99.95 else f"{share:.2g}%"
+
+
+def loss_curve(losses, ax=None, title: str = "Training loss", label: str | None = None,
+               ylabel: str = "cross-entropy loss"):
+    """One value per optimiser step (one objective per axis: give another ``ylabel`` for another quantity)."""
     fig, ax = new_axes(ax)
     ax.plot(range(1, len(losses) + 1), losses, label=label)
     ax.set_xlabel("optimiser step")
-    ax.set_ylabel("cross-entropy loss")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     if label:
         ax.legend()
@@ -30,22 +70,29 @@ def loss_curve(losses, ax=None, title: str = "Training loss", label: str | None 
     return fig
 
 
-def accuracy_bars(results, skills=None, ax=None, title: str = "Held-out accuracy per skill"):
-    """Grouped bars: ``results`` maps a method name to ``{skill: accuracy}`` (e.g. ``skill_accuracy``'s dict)."""
+def accuracy_bars(results, skills=None, ax=None, title: str = "Held-out accuracy per skill", colors=None):
+    """Grouped bars with their values written above them: ``results`` maps a method name to
+    ``{skill: accuracy}`` (e.g. ``tasks.score``'s dict). A bar at 0% still shows its "0".
+    ``colors``: one per method, to match another panel (matplotlib's cycle otherwise)."""
     methods = list(results)
     skills = list(skills) if skills is not None else [s for s in results[methods[0]] if s != "mean"]
-    fig, ax = new_axes(ax, size=(max(7.0, 1.8 * len(skills) + 2.0), 4.5))
+    fig, ax = new_axes(ax, size=(2 * PANEL[0], PANEL[1]))
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
         xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(skills))]
-        ax.bar(xs, [100 * results[method].get(s, float("nan")) for s in skills], width, label=method)
+        values = [100 * results[method].get(s, float("nan")) for s in skills]
+        bars = ax.bar(xs, values, width, label=method, color=None if colors is None else colors[i])
+        for x, v in zip(xs, values):
+            if v != v:  # NaN: this method has no score for the skill
+                continue
+            ax.text(x, v + 1, f"{v:.3g}", ha="center", va="bottom", fontsize=7.5, color=bars.patches[0].get_facecolor())
     ax.set_xticks(range(len(skills)))
     ax.set_xticklabels(skills)
-    ax.set_ylim(0, 105)
+    ax.set_ylim(0, 112)
     ax.set_ylabel("accuracy (%)")
     ax.set_xlabel("skill (held-out prompts)")
     ax.set_title(title)
-    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -57,10 +104,11 @@ def heatmap(matrix, row_labels, col_labels, ax=None, title: str = "", xlabel: st
     import numpy as np
 
     m = np.asarray(matrix.detach().cpu() if hasattr(matrix, "detach") else matrix, dtype=float)
-    fig, ax = new_axes(ax, size=(1.0 * m.shape[1] + 2.8, 0.6 * m.shape[0] + 1.8))
+    fig, ax = new_axes(ax)
     image = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    long = max(len(str(c)) for c in col_labels) > 6
     ax.set_xticks(range(m.shape[1]))
-    ax.set_xticklabels(col_labels, rotation=30 if max(len(str(c)) for c in col_labels) > 6 else 0, ha="right" if max(len(str(c)) for c in col_labels) > 6 else "center")
+    ax.set_xticklabels(col_labels, rotation=30 if long else 0, ha="right" if long else "center")
     ax.set_yticks(range(m.shape[0]))
     ax.set_yticklabels(row_labels)
     lo, hi = (np.nanmin(m) if vmin is None else vmin), (np.nanmax(m) if vmax is None else vmax)
@@ -71,7 +119,7 @@ def heatmap(matrix, row_labels, col_labels, ax=None, title: str = "", xlabel: st
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    fig.colorbar(image, ax=ax, label=colorbar)
+    fig.colorbar(image, ax=ax, label=colorbar, pad=0.03)
     fig.tight_layout()
     return fig
 
@@ -93,21 +141,27 @@ def layer_lines(xs, series: dict, ax=None, title: str = "", xlabel: str = "layer
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if len(series) > 1:
-        ax.legend(fontsize="small")
+        ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 
 
-def subspace_picture(R, h, edited=None, ax=None, title: str = "An edit confined to a plane"):
-    """3-D picture: the plane spanned by the two orthonormal rows of ``R`` (``[2, 3]``), a vector ``h``,
-    its projection ``RᵀR h`` onto the plane, and optionally the edited vector."""
+def subspace_picture(R, h, edited=None, ax=None, side_ax=None, title: str = "An edit confined to a plane"):
+    """The plane spanned by the two orthonormal rows of ``R`` (``[2, 3]``), a vector ``h``, its projection
+    ``RᵀR h`` onto the plane, and optionally the edited vector; in 3-D (``ax``) and seen edge-on (``side_ax``).
+
+    The side view looks along the plane: the plane is the horizontal line, the height of a point is its
+    distance from the plane, so an edit that moves ``h`` parallel to the plane moves it horizontally.
+    With ``ax=None`` both panels are drawn side by side.
+    """
     import numpy as np
 
     R, h = np.asarray(R, dtype=float), np.asarray(h, dtype=float)
+    edited = None if edited is None else np.asarray(edited, dtype=float)
     if ax is None:
-        fig = plt.figure(figsize=(5.5, 4.5), dpi=100)
-        ax = fig.add_subplot(projection="3d")
+        fig = plt.figure(figsize=(2 * PANEL[0], 4.2), dpi=DPI)
+        ax, side_ax = fig.add_subplot(1, 2, 1, projection="3d"), fig.add_subplot(1, 2, 2)
     fig = ax.figure
     s = np.linspace(-1.5, 1.5, 2)
     a, b = np.meshgrid(s, s)
@@ -116,7 +170,7 @@ def subspace_picture(R, h, edited=None, ax=None, title: str = "An edit confined 
     proj = R.T @ (R @ h)
     arrows = [(h, "tab:grey", "h"), (proj, "tab:blue", "projection RᵀR h")]
     if edited is not None:
-        arrows.append((np.asarray(edited, dtype=float), "tab:red", "edited Φ(h)"))
+        arrows.append((edited, "tab:red", "edited Φ(h)"))
     for vec, color, label in arrows:
         ax.quiver(0, 0, 0, *vec, color=color, linewidth=2, arrow_length_ratio=0.08, label=label)
     ax.plot(*zip(h, proj), color="grey", linestyle=":", linewidth=1)  # h minus its projection: normal to the plane
@@ -127,38 +181,79 @@ def subspace_picture(R, h, edited=None, ax=None, title: str = "An edit confined 
     ax.set_xlabel("x₁"), ax.set_ylabel("x₂"), ax.set_zlabel("x₃")
     ax.set_title(title)
     ax.legend(fontsize="small", loc="upper left")
+    if side_ax is not None:
+        _side_view(side_ax, R, arrows, h, edited, lim)
     fig.tight_layout()
     return fig
 
 
-def parameter_bars(counts: dict, ax=None, title: str = "Trainable parameters", total: int | None = None):
-    """Horizontal bars on a log scale: method -> trainable parameter count (with % of ``total`` if given)."""
-    names = list(counts)
-    fig, ax = new_axes(ax, size=(6.5, 0.55 * len(names) + 1.4))
-    values = [counts[n] for n in names]
-    ax.barh(range(len(names)), values, color="tab:blue")
-    ax.set_yticks(range(len(names)))
-    ax.set_yticklabels(names)
-    ax.invert_yaxis()
-    ax.set_xscale("log")
-    for i, v in enumerate(values):
-        note = f"{v:,}" + (f"  ({100 * v / total:.4f}%)" if total else "")
-        ax.text(v, i, " " + note, va="center", fontsize=9)
-    ax.set_xlim(min(values) / 3, max(values) * 300)
-    ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_title(title)
+def _side_view(ax, R, arrows, h, edited, lim):
+    """The 3-D picture seen along the plane: x along the plane (the edit's direction), y the distance from it."""
+    import numpy as np
+
+    normal = np.cross(R[0], R[1])
+    normal /= np.linalg.norm(normal)
+    move = (edited - h) if edited is not None else R[0]
+    along = move - (move @ normal) * normal  # in the plane
+    along = along / np.linalg.norm(along) if np.linalg.norm(along) > 1e-9 else R[0]
+    ax.axhline(0.0, color="tab:blue", alpha=0.4, linewidth=4, label="the plane, seen edge-on")
+    for vec, color, _ in arrows:
+        ax.annotate("", xy=(vec @ along, vec @ normal), xytext=(0, 0), arrowprops=dict(arrowstyle="-|>", color=color, lw=2))
+    ax.plot([h @ along] * 2, [h @ normal, 0], color="grey", linestyle=":", linewidth=1)
+    if edited is not None:
+        ax.plot([h @ along, edited @ along], [h @ normal, edited @ normal], color="tab:red", linestyle=":", linewidth=1)
+    heights = [vec @ normal for vec, _, _ in arrows]
+    ax.set_xlim(-lim, lim), ax.set_ylim(min(-0.3, 1.2 * min(heights)), max(0.3, 1.2 * max(heights)))
+    ax.set_aspect("equal")
+    ax.set_xlabel("along the plane (the edit's direction)")
+    ax.set_ylabel("distance from the plane")
+    ax.set_title("Side view: the edit moves h parallel to the plane")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.grid(alpha=0.3)
+
+
+def parameter_bars(models: dict, title: str = "Trainable parameters"):
+    """Horizontal bars on one shared log scale, one panel per model: ``models`` maps a model name to
+    ``(total parameters, {method: trainable parameters})``; each bar is labelled with its count and share."""
+    import numpy as np
+
+    rows = [len(counts) for _, counts in models.values()]
+    fig, axes = plt.subplots(len(models), 1, figsize=(2 * PANEL[0], 0.45 * sum(rows) + 1.3 * len(models)), dpi=DPI,
+                             sharex=True, height_ratios=rows, squeeze=False)
+    values = [v for _, counts in models.values() for v in counts.values()]
+    lo, hi = min(values) / 2, max(values) * 3
+    span = np.log10(hi) - np.log10(lo)
+    for ax, (name, (total, counts)) in zip(axes[:, 0], models.items()):
+        names = list(counts)
+        ax.barh(range(len(names)), [counts[n] for n in names], color="tab:blue")
+        ax.set_yticks(range(len(names)), names)
+        ax.invert_yaxis()
+        for i, n in enumerate(names):
+            note = f"{counts[n]:,}  ({_percent(100 * counts[n] / total)})"
+            inside = (np.log10(counts[n]) - np.log10(lo)) / span > 0.6  # a long bar holds its own label
+            ax.text(counts[n], i, (note + " " if inside else " " + note), va="center", fontsize=9,
+                    ha="right" if inside else "left", color="white" if inside else "black")
+        ax.set_title(f"{name}: {total:,} parameters", fontsize=10, loc="left")
+    axes[-1, 0].set_xscale("log")
+    axes[-1, 0].set_xlim(lo, hi)
+    axes[-1, 0].set_xlabel("trainable parameters (log scale)")
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------- notebooks 03-04
 
 
 def forgetting_curves(curves: dict, switch: int, ax=None, title: str = "Does learning B erase A?",
                       ylabel: str = "held-out loss on skill A", phases: tuple[str, str] = ("learn A", "learn B")):
     """One skill's held-out loss as training goes, for several models; a dashed line where training switches skills.
 
-    ``curves``: ``{name: (steps, values)}``; ``switch``: the optimiser step where the second skill's training starts.
+    ``curves``: ``{name: [(step, value), ...]}``; ``switch``: the optimiser step where the second skill's training starts.
     """
-    fig, ax = new_axes(ax, size=(6.5, 3.5))
-    for name, (steps, values) in curves.items():
+    fig, ax = new_axes(ax, size=(2 * PANEL[0], PANEL[1]))
+    for name, points in curves.items():
+        steps, values = zip(*points)
         ax.plot(steps, values, marker="o", markersize=3, label=name)
     ax.axvline(switch, color="grey", linestyle="--", linewidth=1)
     top = ax.get_ylim()[1]
@@ -167,25 +262,36 @@ def forgetting_curves(curves: dict, switch: int, ax=None, title: str = "Does lea
     ax.set_xlabel("optimiser step")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 
 
 def token_norms(prompts: dict, title: str = "Hidden-state norm at each prompt token"):
-    """One small panel per prompt: ``‖h‖`` at each of its tokens on a log scale, its instruction's tokens shaded.
+    """One panel per prompt: ``‖h‖`` at each of its tokens on a log scale, its instruction's tokens shaded.
 
     ``prompts``: ``{name: (tokens, norms, (start, end))}``. Returns the figure.
     """
-    fig, axes = plt.subplots(len(prompts), 1, figsize=(8, 1.9 * len(prompts)), dpi=100, sharey=True, squeeze=False)
+    from matplotlib.ticker import LogLocator, NullLocator, StrMethodFormatter
+
+    fig, axes = plt.subplots(len(prompts), 1, figsize=(2 * PANEL[0], 2.3 * len(prompts) + 0.4), dpi=DPI,
+                             sharey=True, squeeze=False)
     for ax, (name, (tokens, norms, span)) in zip(axes[:, 0], prompts.items()):
-        ax.plot(range(len(norms)), norms, marker="o", markersize=3)
+        ax.plot(range(len(norms)), norms, marker="o", markersize=4)
         ax.axvspan(span[0] - 0.5, span[1] - 0.5, color="tab:green", alpha=0.12, label="instruction tokens")
         ax.set_yscale("log")
-        ax.set_xticks(range(len(tokens)), [t.replace("\n", "\\n") for t in tokens], fontsize=7, rotation=40, ha="right")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 3.0)))  # 10, 30, 100, 300, 1000: plain numbers
+        ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.set_xticks(range(len(tokens)), [repr(t)[1:-1] for t in tokens], fontsize=8.5, rotation=45, ha="right")
+        ax.set_xlim(-0.6, len(tokens) - 0.4)
         ax.set_ylabel("‖h‖")
-        ax.set_title(name, fontsize=9, loc="left")
-    axes[0, 0].legend(fontsize=7, loc="upper right")
-    fig.suptitle(title, fontsize=10)
+        ax.set_title(name, fontsize=10, loc="left")
+        ax.grid(axis="y", alpha=0.3)
+    every = [n for _, norms, _ in prompts.values() for n in norms]
+    axes[0, 0].set_ylim(min(every) / 1.5, max(every) * 1.5)  # room for the next tick above the longest token
+    axes[0, 0].legend(loc="upper right")
+    fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -256,3 +256,33 @@ def score(predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, 
         hits.setdefault(example.skill, []).append(_match(prediction, example))
     accuracy = {skill: sum(h) / len(h) for skill, h in hits.items()}
     return {**accuracy, "mean": sum(accuracy.values()) / len(accuracy)}
+
+
+def composed_parts(predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
+    """Which half of a composed question each reply answers: the share of replies that do both skills, only
+    the word skill, only the case skill, or neither (``examples`` from one ``compose`` pair).
+
+    For "Write the plural of this word in small letters: Grape" (lowercase+plural), "grapes" does both,
+    "Grapes" only the plural and "grape" only the small letters. Keys, in this order: ``"both"``,
+    ``"only <word skill>"``, ``"only <case skill>"``, ``"neither"``; a reply that fits two (uppercase+first_letter:
+    "G" is both and the first letter alone) counts in the first. Matching is ``score``'s: exact after ``normalize``.
+    """
+    if len(predictions) != len(examples):
+        raise ValueError(f"{len(predictions)} predictions for {len(examples)} examples; they must pair up.")
+    pairs = {e.skill for e in examples}
+    if len(pairs) != 1 or tuple(next(iter(pairs)).split("+")) not in COMPOSE:
+        raise ValueError(f"composed_parts takes the examples of one composed pair (from compose), got skills {sorted(pairs)}.")
+    case_name, word_name = next(iter(pairs)).split("+")
+    case, word = SKILLS[case_name], SKILLS[word_name]
+    counts = {"both": 0, f"only {word_name}": 0, f"only {case_name}": 0, "neither": 0}
+    for prediction, e in zip(predictions, examples):
+        reply = normalize(prediction)
+        if reply == e.output:
+            counts["both"] += 1
+        elif reply == word.render(e.input)[1]:
+            counts[f"only {word_name}"] += 1
+        elif reply == case.render(e.input)[1]:
+            counts[f"only {case_name}"] += 1
+        else:
+            counts["neither"] += 1
+    return {key: n / len(examples) for key, n in counts.items()}

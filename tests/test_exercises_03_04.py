@@ -53,6 +53,16 @@ def _balance_without_normalising(probs):
     return entropy(probs).mean() - entropy(probs.mean(0))
 
 
+def _balance_with_log_of_zero(probs):
+    """The natural first answer: right wherever no probability is exactly 0, nan where one is."""
+    q = probs / probs.sum(-1, keepdim=True)
+
+    def entropy(p):
+        return -(p * p.log()).sum(-1)
+
+    return entropy(q).mean() - entropy(q.mean(0))
+
+
 EXERCISES = [
     (checks.check_interference, nb03.interference, _drop_wrong_sign, "at key 'a'"),
     (checks.check_orthogonal_subspaces, nb03.orthogonal_subspaces, _orthonormal_within_each_only, "not orthogonal to each other"),
@@ -62,6 +72,7 @@ EXERCISES = [
     (checks.check_instruction_summary, nb04.instruction_summary, _summary_without_normalising_each_token, "values differ"),
     (checks.check_balance_term, nb04.balance_term, _balance_with_the_sign_flipped, "values differ"),
     (checks.check_balance_term, nb04.balance_term, _balance_without_normalising, "do not sum to 1"),
+    (checks.check_balance_term, nb04.balance_term, _balance_with_log_of_zero, "0 · log 0"),
 ]
 IDS = [f"{solution.__name__}-{wrong.__name__}" for _, solution, wrong, _ in EXERCISES]
 

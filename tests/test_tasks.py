@@ -175,3 +175,18 @@ def test_compose_rejects_pairs_that_do_not_compose(a, b):
 def test_compose_checks_n():
     with pytest.raises(ValueError, match="can give 0 to"):
         compose("uppercase", "plural", 10_000)
+
+
+def test_composed_parts_says_which_half_of_a_composed_question_a_reply_answers():
+    garden = compose("lowercase", "plural", 4, seed=0)
+    replies = [garden[0].output, get_skill("plural").render(garden[1].input)[1], garden[2].input.lower(), "Nope"]
+    assert tasks.composed_parts(replies, garden) == {"both": 0.25, "only plural": 0.25, "only lowercase": 0.25, "neither": 0.25}
+    assert tasks.composed_parts([f" '{garden[0].output}'. "], garden[:1])["both"] == 1.0  # score's forgiveness
+    capital = compose("uppercase", "first_letter", 1)  # "G" is both and the first letter alone: counted as both
+    assert tasks.composed_parts([capital[0].output], capital)["both"] == 1.0
+    with pytest.raises(ValueError, match="one composed pair"):
+        tasks.composed_parts(["x", "y"], [garden[0], capital[0]])
+    with pytest.raises(ValueError, match="one composed pair"):
+        tasks.composed_parts(["x"], get_skill("plural").generate(1))
+    with pytest.raises(ValueError, match="pair up"):
+        tasks.composed_parts(["x"], garden)
