@@ -45,6 +45,17 @@ def _shape(x: Any) -> str:
     return str(tuple(x.shape)) if torch.is_tensor(x) else type(x).__name__
 
 
+def known_mistake(got: Any, expected: torch.Tensor, mistakes: list) -> str | None:
+    """The message of the first known wrong answer ``got`` reproduces; ``mistakes``: ``(wrong answer, message)`` pairs.
+    A wrong answer that equals the expected one on this case (e.g. "every position" when that is asked) is skipped."""
+    if not (torch.is_tensor(got) and got.shape == expected.shape):
+        return None
+    for wrong, message in mistakes:
+        if not torch.allclose(wrong, expected, atol=1e-4) and torch.allclose(got, wrong, atol=1e-4):
+            return message
+    return None
+
+
 def compare(got: Any, expected: Any, atol: float = 1e-4, rtol: float = 1e-4) -> str | None:
     """None if ``got`` matches ``expected``, else a one-line description of the difference."""
     if torch.is_tensor(expected):
@@ -352,15 +363,11 @@ def check_steer(fn: Callable) -> Callable:
         got = f(h_in, *case.args[1:])
         if not torch.equal(h_in, case.args[0]):
             return "your function changed its input h in place; return a new tensor (h.clone() first, or h + ...)"
-        expected = reference(solution)(*case.args)
-        if torch.is_tensor(got) and got.shape == expected.shape:
-            vector, scale = case.args[1], case.args[2]
-            positions = case.args[3] if len(case.args) > 3 else None
-            if torch.allclose(got, reference(solution)(h_in, vector, -scale, positions), atol=1e-5):
-                return "the vector moved h the wrong way (check the sign of the scale)"
-            if positions is not None and torch.allclose(got, reference(solution)(h_in, vector, scale), atol=1e-5):
-                return "you added the vector at every position; add it only at h[:, positions]"
-        return compare(got, expected)
+        expected, vector, scale = reference(solution)(*case.args), case.args[1], case.args[2]
+        positions = case.args[3] if len(case.args) > 3 else None
+        mistakes = [(reference(solution)(h_in, vector, -scale, positions), "the vector moved h the wrong way (check the sign of the scale)"),
+                    (reference(solution)(h_in, vector, scale), "you added the vector at every position; add it only at h[:, positions]")]
+        return known_mistake(got, expected, mistakes) or compare(got, expected)
 
     return check_exercise(fn, solution, cases, name="steer", properties=properties,
                           hint="h + scale * vector broadcasts over batch and positions; for a slice, copy h and add at h[:, positions].")
@@ -445,15 +452,11 @@ def check_loreft_edit(fn: Callable) -> Callable:
 
     def properties(f: Callable, case: Case) -> str | None:
         h, R_, W_, b_ = case.args
-        got = f(h.clone(), R_, W_, b_)
-        expected = reference(solution)(h, R_, W_, b_)
-        if torch.is_tensor(got) and got.shape == expected.shape:
-            no_sub = h + (h @ W_.T + b_) @ R_
-            if not torch.allclose(expected, no_sub, atol=1e-4) and torch.allclose(got, no_sub, atol=1e-4):
-                return "you added Rᵀ(W h + b) without subtracting R h: that adds to the subspace coordinates instead of replacing them"
-            if torch.allclose(got, expected - h, atol=1e-4):
-                return "you returned only the change Rᵀ(W h + b − R h); Φ(h) is h plus that change"
-        return compare(got, expected)
+        got, expected = f(h.clone(), R_, W_, b_), reference(solution)(h, R_, W_, b_)
+        mistakes = [(h + (h @ W_.T + b_) @ R_, "you added Rᵀ(W h + b) without subtracting R h: that adds to the subspace "
+                                                "coordinates instead of replacing them"),
+                    (expected - h, "you returned only the change Rᵀ(W h + b − R h); Φ(h) is h plus that change")]
+        return known_mistake(got, expected, mistakes) or compare(got, expected)
 
     return check_exercise(fn, solution, cases, name="loreft_edit", properties=properties,
                           hint="with h as a row vector, W h is h @ W.T (shape [..., r]) and Rᵀ z is z @ R (shape [..., d]).")

@@ -25,9 +25,12 @@ from .progress import Progress
 
 @dataclass
 class TrainHistory:
-    """What a run did: the loss of every optimiser step (and the learning rate the schedule reached after it)."""
+    """What a run did, one entry per optimiser step: the loss, its two terms (the answers' cross-entropy and the router's
+    penalty, 0 without one), and the learning rate the schedule reached after the step."""
 
     losses: list[float] = field(default_factory=list)
+    ce_losses: list[float] = field(default_factory=list)
+    penalties: list[float] = field(default_factory=list)
     learning_rates: list[float] = field(default_factory=list)
     steps: int = 0
     tokens: int = 0
@@ -94,17 +97,17 @@ def train(reft, dataset, tokenizer=None, *, epochs: float = 1, batch_size: int =
     bar.update(done)
     batches = _batches(loader, skip=(done // steps_per_epoch) * len(loader) + (done % steps_per_epoch) * grad_accum)
     start, saved = time.perf_counter(), done
-    loss_sum, micro, tokens = 0.0, 0, 0  # since the last optimiser step, in this process
+    tally = [0.0] * 5  # since the last optimiser step, in this process: loss, CE, penalty, micro-batches, tokens
     model.train()
     while history.steps < total:
         for group in optimizer.param_groups:
             group["lr"] = lr * lr_factor(history.steps, total, warmup, schedule)
         out = _micro_step(accelerator, model, optimizer, next(batches))
-        loss_sum, micro, tokens = loss_sum + out.loss.item(), micro + 1, tokens + out.n_tokens
+        tally = _add(tally, out)
         if not accelerator.sync_gradients:
             continue
-        _record(history, accelerator, (loss_sum, micro, tokens), lr * lr_factor(history.steps + 1, total, warmup, schedule))
-        loss_sum, micro, tokens = 0.0, 0, 0
+        _record(history, accelerator, tally, lr * lr_factor(history.steps + 1, total, warmup, schedule))
+        tally = [0.0] * 5
         bar.update(1, loss=f"{history.losses[-1]:.3f}")
         if callback is not None:
             callback(history)
@@ -154,13 +157,21 @@ def _micro_step(accelerator, model, optimizer, batch):
     return out
 
 
-def _record(history: TrainHistory, accelerator, tally: tuple, next_lr: float) -> None:
-    """One optimiser step done: its loss is the mean over the whole effective batch, all processes included."""
+def _add(tally: list, out) -> list:
+    """The running sums plus one micro-batch's loss, cross-entropy, penalty (0 without a router), count and tokens."""
+    penalty = 0.0 if out.penalty is None else out.penalty.item()
+    return [a + b for a, b in zip(tally, (out.loss.item(), out.ce_loss.item(), penalty, 1, out.n_tokens))]
+
+
+def _record(history: TrainHistory, accelerator, tally: list, next_lr: float) -> None:
+    """One optimiser step done: its losses are means over the whole effective batch, all processes included."""
     if accelerator.num_processes > 1:
         tally = accelerator.reduce(torch.tensor(tally, dtype=torch.float64, device=accelerator.device), reduction="sum").tolist()
-    loss_sum, micro, tokens = tally
+    loss, ce, penalty, micro, tokens = tally
     history.steps += 1
-    history.losses.append(loss_sum / micro)
+    history.losses.append(loss / micro)
+    history.ce_losses.append(ce / micro)
+    history.penalties.append(penalty / micro)
     history.tokens += int(tokens)
     history.learning_rates.append(next_lr)
 

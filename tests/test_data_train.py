@@ -115,6 +115,20 @@ def test_training_lowers_the_loss_and_is_seeded():
     assert a.tokens == 4 * 16 * 2
 
 
+def test_history_keeps_each_steps_cross_entropy_and_router_penalty_apart():
+    def run(interventions, **router):
+        reft = cl.ReftModel(tiny_llama(init=0.3), interventions, positions="f2+l2", **router)
+        rows = [dict(row, instruction_span=[0, 2]) for row in _tiny_dataset()]
+        return train.train(reft, rows, collator=data.Collator(0), epochs=2, batch_size=4, grad_accum=2, lr=1e-2, progress=False)
+
+    routed = run({1: cl.CSReFT(32, 2, 2)}, router=cl.Router(32, 2, gating="soft", sparsity=0.5))
+    assert len(routed.ce_losses) == len(routed.penalties) == len(routed.losses) == routed.steps
+    for loss, ce, penalty in zip(routed.losses, routed.ce_losses, routed.penalties):
+        assert penalty > 0 and loss == pytest.approx(ce + penalty, abs=1e-6)  # soft gates: the sparsity term is positive
+    plain = run({1: cl.LoReFT(32, 2)})
+    assert plain.penalties == [0.0] * plain.steps and plain.ce_losses == plain.losses
+
+
 def test_gradient_accumulation_counts_optimizer_steps():
     reft = cl.ReftModel(tiny_llama(), {1: cl.LoReFT(32, 2)}, positions="l2")
     history = train.train(reft, _tiny_dataset(), collator=data.Collator(0), epochs=1, batch_size=2, grad_accum=4, progress=False)

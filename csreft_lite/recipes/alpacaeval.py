@@ -414,17 +414,11 @@ def train_reft(reft: cl.ReftModel, tok, records: list[dict], config: RecipeConfi
 
 
 def plot_losses(history: cl_train.TrainHistory, config: RecipeConfig, ax=None):
-    """Training loss per optimiser step; the title says SMOKE or FULL."""
-    import matplotlib.pyplot as plt
+    """Training loss per optimiser step (``plots.loss_curve``); the title says SMOKE or FULL."""
+    from .. import plots
 
-    fig = None
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(range(1, len(history.losses) + 1), history.losses, marker="o" if len(history.losses) < 40 else None)
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel("cross-entropy (response tokens)")
-    ax.set_title(f"{config.tag} CS-ReFT training loss")
-    return fig or ax.figure
+    return plots.loss_curve(history.losses, ax=ax, title=f"{config.tag} CS-ReFT training loss",
+                            ylabel="cross-entropy (response tokens)")
 
 
 def generation_kwargs(config: RecipeConfig) -> dict:
