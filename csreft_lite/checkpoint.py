@@ -1,10 +1,7 @@
-"""Checkpoints: the format on disk, the checks on the way back, and the training state for resuming.
-
-A ``ReftModel`` checkpoint is a folder with ``reft_config.json`` (what is attached where, and to which
-model) and ``interventions.safetensors`` (the weights): no pickles. Loading reads and checks everything
-before it touches the model, and a damaged or inconsistent checkpoint raises ``CheckpointError`` naming
-the file and the fix. ``train(checkpoint_dir=...)`` adds the optimizer's moments and the step reached.
-"""
+"""Checkpoints: a folder with ``reft_config.json`` (what is attached where, on which model) and
+``interventions.safetensors`` (the weights), no pickles. Loading reads and checks everything before it touches the
+model; a damaged or inconsistent checkpoint raises ``CheckpointError`` naming the file and the fix.
+``train(checkpoint_dir=...)`` adds the optimizer's moments and the step reached, for resuming."""
 
 from __future__ import annotations
 

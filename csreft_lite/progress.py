@@ -1,9 +1,6 @@
-"""A progress line for long loops: live while a notebook cell runs, gone from its saved output.
-
-A tqdm bar in a notebook stays in the saved file at whatever state it was first drawn ("0%| 0/8"),
-which looks stalled on GitHub or in an executed copy. In a Jupyter kernel we draw one line with a
-display id, update it in place, and blank it when the loop ends; in a terminal, tqdm as usual.
-"""
+"""A progress line for long loops: live while a notebook cell runs, gone from its saved output. A tqdm bar stays in
+a saved notebook as first drawn ("0%| 0/8"), which looks stalled; in a Jupyter kernel we draw one line with a display
+id, update it in place and blank it at the end. In a terminal, tqdm as usual."""
 
 from __future__ import annotations
 

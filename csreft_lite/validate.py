@@ -1,9 +1,6 @@
-"""Checks on what a user passes in, each failing with a message that names the problem and the fix.
-
-The core (interventions, routing, hooks, reft_model) calls these at its entry points, so a wrong layer
-index, positions past the sequence, a tensor on another device or a gate outside [0, 1] fail at once and
-say why; the method itself reads without them.
-"""
+"""Checks on what a user passes in, each failing with a message that names the problem and the fix. The core calls
+them at its entry points (a wrong layer, positions past the sequence, a gate outside [0, 1] fail at once and say why),
+so the method itself reads without them."""
 
 from __future__ import annotations
 
