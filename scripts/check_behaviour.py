@@ -29,7 +29,7 @@ from csreft_lite.data import BARE_CHAT_TEMPLATE, make_dataset
 SKILLS = ["lowercase", "first_letter", "plural"]
 
 
-def records(examples, gates=False):
+def records(examples):
     return [{"instruction": e.instruction, "output": e.output} for e in examples]
 
 
