@@ -7,22 +7,22 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from torch import nn
 
-from .hooks import Positions
+from .hooks import Positions, decoder_layers, hidden_size, model_name
 from .interventions import CSReFT, DiReFT, LoReFT
-from .models import decoder_layers, hidden_size, model_name
 from .routing import Router
 
 CONFIG_FILE = "reft_config.json"
 WEIGHTS_FILE = "interventions.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "train_state.json"
-# 2: one router for all CS-ReFT layers. 1: a router inside each CSReFT (development before the first release).
+# 2: one router for all CS-ReFT layers (the first release's format).
 FORMAT = 2
 KINDS = {"LoReFT": LoReFT, "DiReFT": DiReFT, "CSReFT": CSReFT, "Router": Router}
 _RESAVE = "If you still have the trained ReftModel, save it again with reft.save(path); otherwise load an earlier checkpoint."
@@ -61,10 +61,9 @@ def identity(model: nn.Module) -> dict:
 
 def describe(reft) -> dict:
     """A ``ReftModel``'s ``reft_config.json``: the base model, positions, layers, interventions and router."""
-    from . import __version__
-
     return {
-        "library": "csreft_lite", "version": __version__, "format": FORMAT, **identity(reft.model),
+        "library": "csreft_lite", "version": getattr(sys.modules[__package__], "__version__", None),  # None in a copy
+        "format": FORMAT, **identity(reft.model),
         "positions": str(reft.positions), "share_positions": reft.share_positions, "layers": reft.layers,
         "interventions": {k: {"kind": type(m).__name__, "config": m.config()} for k, m in reft.interventions.items()},
         "router": None if reft.router is None else {"layer": reft.router_layer, "config": reft.router.config()},
@@ -112,12 +111,6 @@ def read(path: str | Path, model_identity: dict, check_model_name: bool = True) 
     file = path / CONFIG_FILE
     config = _read_config(file)
     _check_model(config, model_identity, path, check_model_name)
-    if config.get("format", 1) < FORMAT and any(isinstance(e, dict) and e.get("kind") == "CSReFT" for e in config["interventions"].values()):
-        raise CheckpointError(
-            f"{file} has checkpoint format {config.get('format', 1)}, written while every CS-ReFT layer had a router of its "
-            f"own reading that layer's f5+l5 positions. Now one router reads the instruction's tokens and gates every "
-            f"layer, so these weights cannot be reused: retrain."
-        )
     return config, _build_interventions(config, file), _build_router(config, file), read_weights(path / WEIGHTS_FILE)
 
 

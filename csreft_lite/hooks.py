@@ -18,8 +18,45 @@ import torch
 from torch import nn
 
 from .compat import hidden_of, replace_hidden
-from .models import decoder_layers, hidden_size
 from .validate import check_layers, check_prompt_lengths, check_spans
+
+
+# ---------------------------------------------------------------- a model's decoder layers
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks of a causal LM, found by architecture.
+
+    Looks for the one ``nn.ModuleList`` whose length is ``config.num_hidden_layers``
+    (Llama/Mistral/Qwen2: ``model.layers``; GPT-2: ``transformer.h``; GPT-NeoX:
+    ``gpt_neox.layers``), so new architectures work without a hand-written table.
+    """
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) > 0 and (n_layers is None or len(module) == n_layers)
+    ]
+    if not candidates:
+        raise ValueError(
+            f"Could not find the decoder layers of {type(model).__name__}: no nn.ModuleList with "
+            f"config.num_hidden_layers={n_layers} entries. Pass a Hugging Face causal LM."
+        )
+    # The shallowest match is the decoder stack (deeper ones are e.g. per-layer experts).
+    name, module = min(candidates, key=lambda item: item[0].count("."))
+    return module
+
+
+def model_name(model: nn.Module) -> str:
+    """A human-readable identity for checkpoints and summaries."""
+    config = getattr(model, "config", None)
+    return str(getattr(config, "csreft_model_name", None) or getattr(config, "_name_or_path", "") or type(model).__name__)
+
+
+def hidden_size(model: nn.Module) -> int:
+    """The residual-stream width ``d`` of a model."""
+    config = model.config
+    return int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
 
 
 # ---------------------------------------------------------------- positions
@@ -141,7 +178,7 @@ def edit_layers(model: nn.Module, edits: dict[int, Callable[[torch.Tensor], torc
     layers = decoder_layers(model)
     handles = []
     try:
-        for layer, fn in zip(check_layers(model, list(edits)), edits.values()):
+        for layer, fn in zip(check_layers(len(layers), list(edits)), edits.values()):
             def hook(module, args, output, fn=fn):
                 return replace_hidden(output, fn(hidden_of(output)))
 
@@ -162,7 +199,7 @@ def record(model: nn.Module, layers: Sequence[int]) -> Iterator[dict[int, torch.
         states[layer] = h.detach()
         return h
 
-    with edit_layers(model, {layer: partial(keep, layer=layer) for layer in check_layers(model, list(layers))}):
+    with edit_layers(model, {layer: partial(keep, layer=layer) for layer in check_layers(len(decoder_layers(model)), list(layers))}):
         yield states
 
 

