@@ -59,16 +59,6 @@ def set_checkpointing(model: nn.Module, enabled: bool = True) -> None:
         model.gradient_checkpointing_disable()
 
 
-def register_pytree(cls, flatten, unflatten) -> None:
-    """Let torch's pytree utilities (and so DDP) see the tensors inside ``cls``. torch 2.1 has only the
-    private ``_register_pytree_node`` (goes when torch ≥ 2.2 is required)."""
-    from torch.utils import _pytree
-
-    register = getattr(_pytree, "register_pytree_node", None) or getattr(_pytree, "_register_pytree_node", None)
-    if register is not None:
-        register(cls, flatten, unflatten)
-
-
 # ---------------------------------------------------------------- loading
 
 

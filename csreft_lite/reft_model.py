@@ -18,31 +18,28 @@ from typing import Iterator, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.utils import ModelOutput
 
 from . import checkpoint
 from .checkpoint import key
-from .compat import hidden_of, is_checkpointing, register_pytree, replace_hidden
+from .compat import hidden_of, is_checkpointing, replace_hidden, set_checkpointing
 from .data import collator_for
-from .hooks import PositionIndex, Positions, edit_at, position_ids, resolve_positions, span_mask
+from .hooks import (PositionIndex, Positions, decoder_layers, edit_at, hidden_size, model_name, position_ids,
+                    resolve_positions, span_mask)
 from .interventions import CSReFT
-from .models import decoder_layers, hidden_size, model_name
 from .routing import Router, instruction_summary, shared_router
 from .validate import check_batch, check_gates, check_layers
 
 
 @dataclass
-class ReftOutput:
-    """What ``ReftModel.forward`` returns when given labels."""
+class ReftOutput(ModelOutput):
+    """What ``ReftModel.forward`` returns when given labels: a ``ModelOutput`` (``out.loss`` or ``out["loss"]``, as
+    transformers' ``Trainer`` reads it; torch's pytree utilities, and so DDP, see its tensors)."""
 
-    loss: torch.Tensor
-    ce_loss: torch.Tensor
-    penalty: torch.Tensor | None
-    n_tokens: int
-
-
-# DDP routes a forward's output through torch's pytree utilities: without this, static_graph=True never
-# all-reduces the first step's gradients (the processes drift apart silently).
-register_pytree(ReftOutput, lambda out: ([out.loss, out.ce_loss, out.penalty, out.n_tokens], None), lambda values, _: ReftOutput(*values))
+    loss: torch.Tensor | None = None
+    ce_loss: torch.Tensor | None = None
+    penalty: torch.Tensor | None = None
+    n_tokens: int | None = None
 
 
 @dataclass
@@ -64,6 +61,8 @@ class ReftModel(nn.Module):
     ``evaluate.generate_answers`` provide them) unless gates are forced. Interventions stay float32.
     """
 
+    accepts_loss_kwargs = False  # Trainer: the loss is a mean over this batch's tokens; pass no num_items_in_batch
+
     def __init__(self, model: nn.Module, interventions: Mapping[int, nn.Module], positions: "str | Positions" = "f5+l5",
                  share_positions: bool = True, router: Router | None = None, router_layer: int | None = None):
         super().__init__()
@@ -75,7 +74,7 @@ class ReftModel(nn.Module):
             raise ValueError("positions='all' has no first/last groups; use share_positions=True.")
         self.share_positions = share_positions
         self.groups = (None,) if share_positions else ("first", "last")
-        self.layers = check_layers(model, list(interventions))
+        self.layers = check_layers(len(decoder_layers(model)), list(interventions))
         if len(set(self.layers)) != len(self.layers):
             raise ValueError(f"Two interventions were given for the same layer: {sorted(interventions)}.")
         d = hidden_size(model)
@@ -89,7 +88,7 @@ class ReftModel(nn.Module):
         firsts = {layer: self.interventions[key(layer, self.groups[0])] for layer in self.layers}
         routed = {layer: m for layer, m in firsts.items() if isinstance(m, CSReFT)}
         if router_layer is not None:
-            router_layer = check_layers(model, [router_layer])[0]
+            router_layer = check_layers(len(decoder_layers(model)), [router_layer])[0]
         self.router, self.router_layer = shared_router(routed, d, router, router_layer)
         self.to(next(model.parameters()).device)
         model.requires_grad_(False)
@@ -207,9 +206,13 @@ class ReftModel(nn.Module):
         whose loss is the mean cross-entropy over supervised tokens plus the router's penalty. ``instruction_spans``
         ``[batch, 2]``: what the router reads; ``gates`` ``[batch, k]``: this call's gates instead (e.g. a skill label)."""
         attention_mask = check_batch(self.model, input_ids, attention_mask, labels)
+        if labels is not None and kwargs:
+            raise TypeError(f"ReftModel.forward with labels takes input_ids, attention_mask, labels, prompt_lengths, "
+                            f"instruction_spans and gates; it got {sorted(kwargs)} as well. Drop them (with transformers' "
+                            f"Trainer: collate with data.collator_for(tokenizer) and remove_unused_columns=False).")
         fixed = self.force_gates(gates) if gates is not None else nullcontext()
         with fixed, self._active(attention_mask, prompt_lengths, instruction_spans) as call:
-            if labels is None:
+            if labels is None:  # any other keyword goes to the base model, which checks it
                 return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), **kwargs)
             return self._loss(input_ids, attention_mask, labels, call)
 
@@ -309,13 +312,42 @@ class ReftModel(nn.Module):
 
     # ------------------------------------------------------------ save and load (format and checks: checkpoint.py)
 
-    def config(self) -> dict:
+    @property
+    def config(self):
+        """The base model's config, as every model in the ecosystem has one (``Trainer`` reads it)."""
+        return self.model.config
+
+    def reft_config(self) -> dict:
         """What a checkpoint's ``reft_config.json`` holds (``checkpoint.describe``)."""
         return checkpoint.describe(self)
 
     def save(self, path: str | Path) -> Path:
         """Write ``reft_config.json`` and ``interventions.safetensors`` (no pickles) into the folder ``path``."""
-        return checkpoint.save(self.config(), self.state_dict(), path)
+        return checkpoint.save(self.reft_config(), self.state_dict(), path)
+
+    save_pretrained = save  # PEFT's name
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, path: str | Path, check_model_name: bool = True) -> "ReftModel":
+        """PEFT's name and argument order for ``ReftModel.load(path, model)``."""
+        return cls.load(path, model, check_model_name)
+
+    def gradient_checkpointing_enable(self, **ignored) -> None:
+        """Activation checkpointing in the base model (``Trainer``'s ``gradient_checkpointing=True`` calls this); always
+        non-reentrant, so gradients reach edits whose inputs need none. Call ``train()`` too (``compat.set_checkpointing``)."""
+        set_checkpointing(self.model, True)
+
+    def gradient_checkpointing_disable(self) -> None:
+        set_checkpointing(self.model, False)
+
+    def train(self, mode: bool = True) -> "ReftModel":
+        """Training mode for the interventions; for the frozen base too while checkpointing is on (transformers recomputes
+        layers only in training mode), else it stays as it is (no dropout in a model that does not learn)."""
+        if is_checkpointing(self.model):
+            self.model.train(mode)
+        return super().train(mode)
+
+    activation_checkpointing_enable, activation_checkpointing_disable = gradient_checkpointing_enable, gradient_checkpointing_disable  # 5.x names
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module, check_model_name: bool = True) -> "ReftModel":
