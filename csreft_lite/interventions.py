@@ -101,45 +101,80 @@ class CSReFT(nn.Module):
 
     Where the paper is silent: the stacked ``[k·r, d]`` basis is orthonormalised as a whole, so the
     subspaces are also mutually orthogonal (``Rᵢ Rⱼᵀ = 0``) and no skill's edit writes into another's.
+    Each subspace owns its parameters (``R_raw_i``, ``W_i``, ``b_i``), so one can be frozen exactly; a
+    checkpoint stores them stacked as ``R_raw [k·r, d]``, ``W [k, r, d]``, ``b [k, r]``.
     """
 
-    def __init__(self, d_model: int, rank: int = 4, n_subspaces: int = 4):
+    def __init__(self, d_model: int, rank: int = 4, n_subspaces: int = 4, frozen: "tuple[int, ...] | list[int]" = ()):
         super().__init__()
         check_sizes("CSReFT", n_subspaces, d_model=d_model, rank=rank)
         self.d_model, self.rank, self.n_subspaces = d_model, rank, n_subspaces
         raw = torch.empty(n_subspaces * rank, d_model)
         nn.init.orthogonal_(raw)
-        self.R_raw = nn.Parameter(raw)  # all k bases stacked, orthonormalised together
-        self.W = nn.Parameter(orthonormal_rows(raw).clone().view(n_subspaces, rank, d_model))
-        self.b = nn.Parameter(torch.zeros(n_subspaces, rank))
-        self.register_buffer("frozen", torch.zeros(n_subspaces, dtype=torch.bool), persistent=False)
+        W = orthonormal_rows(raw).view(n_subspaces, rank, d_model)  # W starts at R: every edit starts at zero
+        for i in range(n_subspaces):
+            self.register_parameter(f"R_raw_{i}", nn.Parameter(raw[i * rank:(i + 1) * rank].clone()))
+            self.register_parameter(f"W_{i}", nn.Parameter(W[i].clone()))
+            self.register_parameter(f"b_{i}", nn.Parameter(torch.zeros(rank)))
+        self.frozen: tuple[int, ...] = ()
+        self.freeze_subspaces(*frozen)
+
+    def subspace(self, i: int) -> tuple[nn.Parameter, nn.Parameter, nn.Parameter]:
+        """Subspace ``i``'s own parameters ``(R_raw_i [r, d], W_i [r, d], b_i [r])``."""
+        return getattr(self, f"R_raw_{i}"), getattr(self, f"W_{i}"), getattr(self, f"b_{i}")
 
     def freeze_subspaces(self, *indices: int) -> None:
-        """Stop training these subspaces (e.g. a skill learned earlier) while the others go on learning.
+        """Stop training these subspaces (e.g. a skill learned earlier), exactly, while the others go on learning.
 
-        Gates alone do not protect a subspace: the bases are orthonormalised together, so training
-        subspace j also moves the raw rows of every subspace before it. Frozen subspaces enter the
-        computation detached, so no gradient reaches their ``R``, ``W`` or ``b``.
+        Their ``R``, ``W`` and ``b`` then stay bit for bit as they are, whatever the optimiser (weight decay,
+        moments from earlier steps): their parameters stop requiring gradients and enter every pass detached,
+        so an optimiser never steps them. Gates alone would not protect a subspace, because the bases are
+        orthonormalised together and QR turns each row against the rows before it: frozen bases therefore go
+        first in that order (their rows replaced by the basis they already span, so nothing moves now), and the
+        trainable ones are orthonormalised against them. The frozen indices are part of ``config()``, so a
+        checkpoint keeps them.
         """
         for i in indices:
-            if not 0 <= i < self.n_subspaces:
-                raise ValueError(f"This CSReFT has subspaces 0 to {self.n_subspaces - 1}; cannot freeze {i}.")
-            self.frozen[i] = True
+            if not isinstance(i, int) or not 0 <= i < self.n_subspaces:
+                raise ValueError(f"This CSReFT has subspaces 0 to {self.n_subspaces - 1}; cannot freeze {i!r}.")
+        frozen = tuple(sorted(set(self.frozen) | set(indices)))
+        if self._order(frozen) != self._order(self.frozen):
+            with torch.no_grad():
+                R = self.R
+                for i in frozen:
+                    self.subspace(i)[0].copy_(R[i])
+        self.frozen = frozen
+        for i in frozen:
+            for p in self.subspace(i):
+                p.requires_grad_(False)
+                p.grad = None
 
-    def _trainable_view(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``R_raw, W, b`` with the rows of frozen subspaces detached."""
-        if not bool(self.frozen.any()):
-            return self.R_raw, self.W, self.b
-        rows = self.frozen.repeat_interleave(self.rank)[:, None]  # [k·r, 1]
-        keep = self.frozen[:, None]  # [k, 1]
-        return (torch.where(rows, self.R_raw.detach(), self.R_raw),
-                torch.where(keep[..., None], self.W.detach(), self.W),
-                torch.where(keep, self.b.detach(), self.b))
+    def _order(self, frozen: tuple[int, ...]) -> list[int]:
+        """The order in which the bases are orthonormalised: frozen ones first, each group by index."""
+        return list(frozen) + [i for i in range(self.n_subspaces) if i not in frozen]
+
+    def _stacked(self, n: int) -> torch.Tensor:
+        """Parameter ``n`` (0: R_raw, 1: W, 2: b) of every subspace, stacked; frozen ones detached."""
+        parts = [self.subspace(i)[n] for i in range(self.n_subspaces)]
+        return torch.stack([p.detach() if i in self.frozen else p for i, p in enumerate(parts)])
 
     @property
     def R(self) -> torch.Tensor:
         """The k orthonormal bases, ``[k, rank, d]``; all k·rank rows are orthonormal."""
-        return orthonormal_rows(self._trainable_view()[0]).view(self.n_subspaces, self.rank, self.d_model)
+        order = self._order(self.frozen)
+        raw = self._stacked(0)[order].reshape(-1, self.d_model)
+        R = orthonormal_rows(raw).view(self.n_subspaces, self.rank, self.d_model)
+        return R[torch.tensor(order).argsort()] if order != sorted(order) else R
+
+    @property
+    def W(self) -> torch.Tensor:
+        """The k ``W`` matrices, ``[k, rank, d]`` (a stacked copy: change ``subspace(i)`` to change one)."""
+        return self._stacked(1)
+
+    @property
+    def b(self) -> torch.Tensor:
+        """The k offsets, ``[k, rank]`` (a stacked copy)."""
+        return self._stacked(2)
 
     def forward(self, h: torch.Tensor, gates: torch.Tensor | None = None) -> torch.Tensor:
         """``h``: ``[batch, n, d]``, or ``[n, d]`` with one example per row; ``gates``: ``[batch, k]`` or ``[k]`` for all."""
@@ -147,8 +182,7 @@ class CSReFT(nn.Module):
         if gates is None:
             raise ValueError("CSReFT needs gates, one per example and subspace ([batch, k]): inside a ReftModel its Router "
                              "gives them (or reft.force_gates(...)); on tensors, call cs(h, gates=g).")
-        R_raw, W, b = self._trainable_view()
-        R = orthonormal_rows(R_raw).view(self.n_subspaces, self.rank, self.d_model)  # [k, r, d]
+        R, W, b = self.R, self.W, self.b  # [k, r, d], [k, r, d], [k, r]
         x = h.to(R.dtype)
         n = x.shape[0]
         g = gates.to(device=x.device, dtype=R.dtype).reshape(-1, gates.shape[-1])  # [n or 1, k]
@@ -161,5 +195,29 @@ class CSReFT(nn.Module):
         delta = torch.einsum("...kr,krd->...d", z * scale, R)
         return (x + delta).to(h.dtype)
 
+    # The checkpoint format stores the k subspaces stacked, as before they had parameters of their own.
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        for name, n in (("R_raw", 0), ("W", 1), ("b", 2)):
+            stacked = torch.stack([self.subspace(i)[n] for i in range(self.n_subspaces)])
+            destination[prefix + name] = stacked if keep_vars else stacked.detach()
+        destination[prefix + "R_raw"] = destination[prefix + "R_raw"].reshape(-1, self.d_model)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        k, r, d = self.n_subspaces, self.rank, self.d_model
+        shapes = {"R_raw": (k * r, d), "W": (k, r, d), "b": (k, r)}
+        unexpected_keys.extend(key for key in state_dict
+                               if key.startswith(prefix) and "." not in key[len(prefix):] and key[len(prefix):] not in shapes)
+        for n, (name, shape) in enumerate(shapes.items()):
+            value = state_dict.get(prefix + name)
+            if value is None:
+                missing_keys.append(prefix + name)
+            elif tuple(value.shape) != shape:
+                error_msgs.append(f"size mismatch for {prefix + name}: copying a param with shape {tuple(value.shape)} "
+                                  f"from checkpoint, the shape in current model is {shape}.")
+            else:
+                with torch.no_grad():
+                    for i, part in enumerate(value.reshape(k, r, -1) if name != "b" else value):
+                        self.subspace(i)[n].copy_(part)
+
     def config(self) -> dict:
-        return {"d_model": self.d_model, "rank": self.rank, "n_subspaces": self.n_subspaces}
+        return {"d_model": self.d_model, "rank": self.rank, "n_subspaces": self.n_subspaces, "frozen": list(self.frozen)}

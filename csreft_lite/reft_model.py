@@ -296,6 +296,8 @@ class ReftModel(nn.Module):
         first = next(iter(self.interventions.values()))
         kind = "+".join(dict.fromkeys(type(m).__name__ for m in self.interventions.values()))
         extra = f", {first.n_subspaces} subspaces" if isinstance(first, CSReFT) else ""
+        if isinstance(first, CSReFT) and first.frozen:
+            extra += f" ({', '.join(map(str, first.frozen))} frozen)"
         if self.router is not None:
             r = self.router
             net = f"{r.d_model}→{r.hidden}→{r.n_subspaces}" if r.hidden else f"{r.d_model}→{r.n_subspaces}"

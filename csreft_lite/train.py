@@ -87,7 +87,11 @@ def train(reft, dataset, tokenizer=None, *, epochs: float = 1, batch_size: int =
     reft.model.to(accelerator.device)  # the frozen base lives outside the prepared module
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collator or collator_for(tokenizer),
                         generator=torch.Generator().manual_seed(seed))
-    optimizer = torch.optim.AdamW([p for p in reft.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    trainable = [p for p in reft.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("Nothing to train: every parameter of the interventions (and of the router, if any) is frozen. "
+                         "Build fresh interventions, or leave a subspace unfrozen.")
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
     model, optimizer, loader = accelerator.prepare(reft, optimizer, loader)
     steps_per_epoch = math.ceil(len(loader) / grad_accum)  # len(loader): this process's shard
     total = min(max(1, math.ceil(steps_per_epoch * epochs)), max_steps if max_steps is not None else math.inf)
@@ -153,6 +157,10 @@ def _micro_step(accelerator, model, optimizer, batch):
     """Forward and backward on one micro-batch; the optimiser steps on the last one of an accumulation."""
     with accelerator.accumulate(model):
         out = model(**batch)
+        if not out.loss.requires_grad:
+            raise ValueError("The loss depends on no trainable parameter: the subspaces these gates open are all frozen "
+                             "(freeze_subspaces), and gates from the records or force_gates leave the router unused. "
+                             "Open a subspace that is not frozen, or let the router choose the gates.")
         accelerator.backward(out.loss)
         optimizer.step()  # a no-op until the last micro-batch of an accumulation
         optimizer.zero_grad()

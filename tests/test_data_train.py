@@ -141,6 +141,25 @@ def test_training_on_an_empty_data_set_is_refused():
         train.train(reft, [], collator=data.Collator(0))
 
 
+def test_train_leaves_frozen_subspaces_exactly_as_they_were_and_refuses_when_nothing_is_left():
+    cs = cl.CSReFT(32, 2, 3)
+    reft = cl.ReftModel(tiny_llama(init=0.3), {1: cs}, positions="f2+l2")
+    rows = [dict(row, gates=[1.0, 1.0, 1.0]) for row in _tiny_dataset()]  # every gate open, the frozen one too
+    train.train(reft, rows, collator=data.Collator(0), epochs=1, batch_size=4, lr=1e-2, weight_decay=0.1, progress=False)
+    cs.freeze_subspaces(1)
+    before = [t.detach().clone() for t in (cs.R, cs.W, cs.b)]
+    train.train(reft, rows, collator=data.Collator(0), epochs=2, batch_size=4, lr=1e-2, weight_decay=0.1, progress=False)
+    after = (cs.R.detach(), cs.W.detach(), cs.b.detach())
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(before, after))  # subspace 1: bit for bit
+    assert all(not torch.equal(a[i], b[i]) for a, b in zip(before, after) for i in (0, 2))  # the others learned
+    cs.freeze_subspaces(0, 2)  # the router is there but unused: the records bring their gates
+    with pytest.raises(ValueError, match="The loss depends on no trainable parameter"):
+        train.train(reft, rows, collator=data.Collator(0), progress=False)
+    reft.router.requires_grad_(False)
+    with pytest.raises(ValueError, match="Nothing to train: every parameter of the interventions"):
+        train.train(reft, rows, collator=data.Collator(0), progress=False)
+
+
 def test_checkpoints_are_written_and_resumable(tmp_path):
     reft = cl.ReftModel(tiny_llama(), {1: cl.LoReFT(32, 2)}, positions="l2")
     train.train(reft, _tiny_dataset(), collator=data.Collator(0), max_steps=3, batch_size=4, checkpoint_dir=str(tmp_path / "c"), save_every=2, progress=False)

@@ -126,8 +126,10 @@ def test_references_match_the_library():
     torch.manual_seed(0)
     cs = CSReFT(16, rank=2, n_subspaces=3)
     with torch.no_grad():
-        cs.W.add_(0.3 * torch.randn_like(cs.W))
-        cs.b.add_(torch.randn_like(cs.b))
+        for i in range(3):  # W starts at R and b at 0 (a zero edit): move them so the edit is not the identity
+            R_raw, W, b = cs.subspace(i)
+            W.add_(0.3 * torch.randn_like(W))
+            b.add_(torch.randn_like(b))
     h = torch.randn(2, 5, 16)
     g = torch.rand(2, 3)
     out = cs(h, gates=g)

@@ -216,26 +216,77 @@ def test_wrong_hidden_size_names_both_sizes():
         cl.LoReFT(16, 2)(torch.randn(3, 8))
 
 
-def test_a_frozen_subspace_does_not_move_while_the_others_train():
-    cs = _perturbed(cl.CSReFT(D, R, n_subspaces=3))
-    cs.freeze_subspaces(0)
-    before = [t.detach().clone() for t in (cs.R[0], cs.W[0], cs.b[0])]
-    optimizer = torch.optim.AdamW(cs.parameters(), lr=1e-2, weight_decay=0.0)
-    h, target = torch.randn(8, D), torch.randn(8, D)
-    for _ in range(20):  # train subspaces 1 and 2 only (gate 0 shut); their bases depend on subspace 0's raw rows
-        loss = (cs(h, gates=torch.tensor([0.0, 1.0, 1.0])) - target).pow(2).mean()
+def _train_steps(cs, optimizer, steps, gates, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    h, target = torch.randn(8, D, generator=g), torch.randn(8, D, generator=g)
+    for _ in range(steps):
+        loss = (cs(h, gates=gates) - target).pow(2).mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    after = (cs.R[0], cs.W[0], cs.b[0])
-    assert all(torch.equal(a, b) for a, b in zip(before, after))
-    assert not torch.allclose(cs.W[1], _perturbed(cl.CSReFT(D, R, n_subspaces=3)).W[1])  # the others did learn
-    unfrozen = _perturbed(cl.CSReFT(D, R, n_subspaces=3))
-    loss = (unfrozen(h, gates=torch.tensor([0.0, 1.0, 1.0])) - target).pow(2).mean()
-    loss.backward()
-    assert unfrozen.R_raw.grad[:R].abs().sum() > 0  # why freezing is needed: gate 0 shut still moves subspace 0's R
+
+
+def _subspace_values(cs, i):
+    return [t.detach().clone() for t in (cs.R[i], cs.W[i], cs.b[i], *cs.subspace(i))]
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+@pytest.mark.parametrize("earlier_steps", [0, 5])
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_a_frozen_subspace_stays_bit_for_bit_whatever_the_optimiser(index, earlier_steps, weight_decay):
+    """QR turns later rows against earlier ones, and AdamW's decay and moments move a parameter whose gradient is
+    zero: neither may touch a frozen subspace, whichever it is, after steps with the same optimiser or not."""
+    cs = _perturbed(cl.CSReFT(D, R, n_subspaces=3))
+    optimizer = torch.optim.AdamW(cs.parameters(), lr=1e-2, weight_decay=weight_decay)
+    _train_steps(cs, optimizer, earlier_steps, torch.ones(3), seed=2)  # moments for every subspace
+    R_before = cs.R.detach().clone()
+    cs.freeze_subspaces(index)
+    assert torch.allclose(cs.R, R_before, atol=1e-6)  # freezing itself moves no basis (up to float rounding)
+    before = _subspace_values(cs, index)
+    others = [i for i in range(3) if i != index]
+    others_before = [_subspace_values(cs, i) for i in others]
+    _train_steps(cs, optimizer, 20, torch.ones(3))  # every gate open: the frozen subspace is in the computation
+    assert all(torch.equal(a, b) for a, b in zip(before, _subspace_values(cs, index)))
+    for i, old in zip(others, others_before):
+        assert not torch.allclose(cs.W[i], old[1])  # the others did learn
+    Rk = cs.R.detach()
+    assert torch.allclose(Rk.reshape(-1, D) @ Rk.reshape(-1, D).T, torch.eye(3 * R), atol=1e-5)  # still orthonormal
+
+
+def test_without_freezing_a_shut_gate_does_not_protect_a_subspace():
+    """Why freezing is needed: with gate 0 shut, training the others still moves subspace 0's basis (QR)."""
+    cs = _perturbed(cl.CSReFT(D, R, n_subspaces=3))
+    h, target = torch.randn(8, D), torch.randn(8, D)
+    (cs(h, gates=torch.tensor([0.0, 1.0, 1.0])) - target).pow(2).mean().backward()
+    assert cs.subspace(0)[0].grad.abs().sum() > 0
     with pytest.raises(ValueError, match="subspaces 0 to 2; cannot freeze 3"):
         cs.freeze_subspaces(3)
+
+
+def test_frozen_subspaces_train_nothing_and_are_not_counted_as_trainable():
+    cs = cl.CSReFT(D, R, n_subspaces=3)
+    per_subspace = R * D * 2 + R
+    assert sum(p.numel() for p in cs.parameters() if p.requires_grad) == 3 * per_subspace
+    cs.freeze_subspaces(0, 2)
+    assert cs.frozen == (0, 2)
+    assert sum(p.numel() for p in cs.parameters() if p.requires_grad) == per_subspace
+    assert cs.config()["frozen"] == [0, 2]
+
+
+def test_the_checkpoint_layout_stays_stacked_and_round_trips():
+    """A checkpoint holds R_raw [k·r, d], W [k, r, d], b [k, r], as before subspaces had parameters of their own,
+    so checkpoints written then still load; a wrong shape or a stray key is named."""
+    cs = _perturbed(cl.CSReFT(D, R, n_subspaces=3))
+    state = cs.state_dict()
+    assert {k: tuple(v.shape) for k, v in state.items()} == {"R_raw": (3 * R, D), "W": (3, R, D), "b": (3, R)}
+    fresh = cl.CSReFT(D, R, n_subspaces=3)
+    fresh.load_state_dict(state)
+    h, g = torch.randn(2, 4, D), torch.rand(2, 3)
+    assert torch.equal(fresh(h, gates=g), cs(h, gates=g))
+    with pytest.raises(RuntimeError, match="size mismatch for W"):
+        fresh.load_state_dict({**state, "W": state["W"][:2]})
+    with pytest.raises(RuntimeError, match="Unexpected key.*R_raw_0"):
+        fresh.load_state_dict({**state, "R_raw_0": state["R_raw"][:R]})
 
 
 def test_kmeans_finds_well_separated_groups_and_picks_the_best_restart():

@@ -194,8 +194,9 @@ def test_gradients_reach_every_intervention(model):
     labels = x.clone()
     labels[:, :6] = -100
     reft(x, labels=labels, prompt_lengths=torch.tensor([6, 6]), instruction_spans=spans()).loss.backward()
-    for name, p in reft.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    # a CS-ReFT subspace whose gate is shut gets a zero gradient; each intervention and the router get one
+    for name, module in [*reft.interventions.items(), ("router", reft.router)]:
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters()), name
 
 
 # ------------------------------------------------------------------ generation
@@ -258,6 +259,27 @@ def test_save_then_load_gives_identical_outputs(model, tmp_path, share):
     assert torch.equal(loaded(x, instruction_spans=spans()).logits, expected)
     assert torch.equal(loaded.last_gates, expected_gates)
     assert loaded.router_layer == 0 and loaded.router.config() == router.config()
+
+
+def test_frozen_subspaces_survive_save_and_load_and_are_not_counted(model, tmp_path, capsys):
+    x = ids()
+    reft = cl.ReftModel(model, {1: cl.CSReFT(D, 2, 3), 2: cl.CSReFT(D, 2, 3)}, positions="f3+l3")
+    randomize(reft)
+    total = reft.trainable_parameters()
+    for module in reft.interventions.values():
+        module.freeze_subspaces(1)
+    per_subspace = 2 * (2 * D * 2 + 2)  # two layers, each R_raw, W [2, D] and b [2]
+    assert reft.trainable_parameters() == total - per_subspace
+    reft.print_trainable_parameters()
+    printed = capsys.readouterr().out
+    assert "3 subspaces (1 frozen)" in printed and f"{total - per_subspace:,} trainable" in printed
+    expected = reft(x, instruction_spans=spans()).logits
+    reft.save(tmp_path / "ckpt")
+    reft.remove()
+    loaded = cl.ReftModel.load(tmp_path / "ckpt", model)
+    assert [m.frozen for m in loaded.interventions.values()] == [(1,), (1,)]
+    assert loaded.trainable_parameters() == total - per_subspace
+    assert torch.equal(loaded(x, instruction_spans=spans()).logits, expected)
 
 
 def test_loading_into_another_model_names_both_sides(model, tmp_path):
