@@ -74,8 +74,8 @@ def skill_accuracy(model, tokenizer, examples: Sequence, *, max_new_tokens: int 
 def route(reft, tokenizer, instructions: Sequence, *, template: str = "auto", batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """The gates and the router's probabilities each prompt gets, ``([n, k], [n, k])``, exactly as at generation.
 
-    The prompts are encoded like ``generate_answers`` does (same ids, same instruction spans) and run
-    once through the model; no answer is generated. Under ``force_gates`` the probabilities are the gates.
+    The prompts are encoded like ``generate_answers`` does (same ids, same instruction spans) and run through the
+    model up to the router's layer (``ReftModel.route``). Under ``force_gates`` the probabilities are the gates.
     """
     if getattr(reft, "router", None) is None:
         raise ValueError("route() needs a ReftModel with a router (cl.CSReFT interventions).")
@@ -83,9 +83,9 @@ def route(reft, tokenizer, instructions: Sequence, *, template: str = "auto", ba
     gates, probs = [], []
     for start in range(0, len(instructions), batch_size):
         batch = prompt_batch(tokenizer, instructions[start:start + batch_size], template)
-        reft(**{k: v.to(device) for k, v in batch.items()})
-        gates.append(reft.last_gates.detach().cpu())
-        probs.append(reft.last_probs.cpu() if reft.last_probs is not None else gates[-1])
+        g, p, _ = reft.route(**{k: v.to(device) for k, v in batch.items()})
+        gates.append(g.cpu())
+        probs.append(g.cpu() if p is None else p.cpu())
     return torch.cat(gates), torch.cat(probs)
 
 

@@ -172,17 +172,23 @@ def edit_at(hidden: torch.Tensor, where: PositionIndex, fn: Callable, group: sli
 # ---------------------------------------------------------------- context managers
 
 
-@contextmanager
-def edit_layers(model: nn.Module, edits: dict[int, Callable[[torch.Tensor], torch.Tensor]]) -> Iterator[None]:
-    """Replace the output ``h`` of each chosen decoder layer by ``edits[layer](h)`` while inside."""
+def hook_layers(model: nn.Module, edits: dict[int, Callable[[torch.Tensor], torch.Tensor]]) -> list:
+    """Replace the output ``h`` of each chosen decoder layer by ``edits[layer](h)`` (forward hooks); returns their handles."""
     layers = decoder_layers(model)
     handles = []
-    try:
-        for layer, fn in zip(check_layers(len(layers), list(edits)), edits.values()):
-            def hook(module, args, output, fn=fn):
-                return replace_hidden(output, fn(hidden_of(output)))
+    for layer, fn in zip(check_layers(len(layers), list(edits)), edits.values()):
+        def hook(module, args, output, fn=fn):
+            return replace_hidden(output, fn(hidden_of(output)))
 
-            handles.append(layers[layer].register_forward_hook(hook))
+        handles.append(layers[layer].register_forward_hook(hook))
+    return handles
+
+
+@contextmanager
+def edit_layers(model: nn.Module, edits: dict[int, Callable[[torch.Tensor], torch.Tensor]]) -> Iterator[None]:
+    """``hook_layers`` while inside the block."""
+    handles = hook_layers(model, edits)
+    try:
         yield
     finally:
         for handle in handles:

@@ -22,9 +22,9 @@ from transformers.utils import ModelOutput
 
 from . import checkpoint
 from .checkpoint import key
-from .compat import hidden_of, is_checkpointing, replace_hidden, set_checkpointing
+from .compat import is_checkpointing, set_checkpointing
 from .data import collator_for
-from .hooks import (PositionIndex, Positions, decoder_layers, edit_at, hidden_size, model_name, position_ids,
+from .hooks import (PositionIndex, Positions, decoder_layers, edit_at, hidden_size, hook_layers, model_name, position_ids,
                     resolve_positions, span_mask)
 from .interventions import CSReFT
 from .routing import Router, instruction_summary, shared_router
@@ -44,12 +44,20 @@ class ReftOutput(ModelOutput):
 
 @dataclass
 class _Call:
-    """The forward pass under way: where to edit, what the router reads, and the gates it gave."""
+    """One ``forward``, ``generate`` or ``route`` call, the hooks' only state: where to edit, whether to, what the
+    router reads, and what it gave (``last_gates``, ``last_probs``, ``last_summary`` keep those, detached)."""
 
     where: PositionIndex
+    editing: bool = True  # False under ``disabled()``, and after generate's prefill (decode steps run the base model)
     summary_mask: torch.Tensor | None = None  # [batch, seq]: the instruction tokens the router averages
     gates: torch.Tensor | None = None  # [batch, k]
     probs: torch.Tensor | None = None  # [batch, k], for the router's penalty
+    summary: torch.Tensor | None = None  # [batch, d]: what the router read
+    stop_after_routing: bool = False  # ``route``: no layer after the router's runs
+
+
+class _Routed(Exception):
+    """Raised by the router's layer when a ``route`` call has what it needs."""
 
 
 class ReftModel(nn.Module):
@@ -96,7 +104,7 @@ class ReftModel(nn.Module):
         self._forced: torch.Tensor | None = None
         self._enabled = True
         self._handles: list = []
-        self.last_gates: torch.Tensor | None = None  # [batch, k] of the last forward pass, detached
+        self.last_gates: torch.Tensor | None = None  # [batch, k] of the last call, detached (set by _active only)
         self.last_probs: torch.Tensor | None = None  # the router's probabilities then (None when gates were forced)
         self.last_summary: torch.Tensor | None = None  # [batch, d]: what the router read then
         self.attach()
@@ -106,9 +114,8 @@ class ReftModel(nn.Module):
     def attach(self) -> None:
         """Install the hooks (done by the constructor; undone by ``remove()``)."""
         if not self._handles:
-            blocks = decoder_layers(self.model)
-            for layer in sorted({*self.layers, *([self.router_layer] if self.router is not None else [])}):
-                self._handles.append(blocks[layer].register_forward_hook(self._hook(layer)))
+            hooked = sorted({*self.layers, *([self.router_layer] if self.router is not None else [])})
+            self._handles = hook_layers(self.model, {layer: partial(self._edit, layer) for layer in hooked})
 
     def remove(self) -> None:
         """Take the hooks away: the base model behaves exactly as before."""
@@ -122,43 +129,36 @@ class ReftModel(nn.Module):
     def __exit__(self, *exc) -> None:  # leaving a ``with`` block removes the hooks
         self.remove()
 
-    def _hook(self, layer: int):
-        def hook(module, args, output):
-            call, hidden = self._call, hidden_of(output)
-            if call is None or not self._enabled or hidden.shape[1] != call.where.seq_len:
-                return None  # no ReftModel call under way, or a cached decode step
-            if layer == self.router_layer and call.summary_mask is not None:
-                # Read before this layer's own edit. Routed again when transformers 4.x's checkpointing re-runs this
-                # layer's hooks in the backward pass: the recompute must save what the forward saved (same gates).
-                call.gates, call.probs = self._route(hidden, call.summary_mask)
-            if layer not in self.layers:
-                return None
-            new = hidden
-            for group in self.groups:
-                module = self.interventions[key(layer, group)]
-                fn = partial(module, gates=call.gates) if isinstance(module, CSReFT) else module  # CS-ReFT: this call's gates
-                new = edit_at(new, call.where, fn, None if group is None else call.where.groups[group])
-            return replace_hidden(output, new)
-
-        return hook
-
-    def _route(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        summary = instruction_summary(hidden, mask)  # [batch, d]
-        gates, probs = self.router(summary, with_probs=True)  # [batch, k] each
-        self.last_summary, self.last_gates, self.last_probs = summary.detach(), gates.detach(), probs.detach()
-        return gates, probs
+    def _edit(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        """What the hook on ``layer`` makes of its output ``hidden [batch, seq, d]`` during the call under way."""
+        call = self._call
+        if call is None or not call.editing or hidden.shape[1] != call.where.seq_len:
+            return hidden  # no call under way, edits off, or a cached decode step
+        if layer == self.router_layer and call.summary_mask is not None:
+            # Read before this layer's own edit. Routed again when transformers 4.x's checkpointing re-runs this
+            # layer's hooks in the backward pass: the recompute must save what the forward saved (same gates).
+            call.summary = instruction_summary(hidden, call.summary_mask)  # [batch, d]
+            call.gates, call.probs = self.router(call.summary, with_probs=True)  # [batch, k] each
+            if call.stop_after_routing:
+                raise _Routed
+        if layer not in self.layers:
+            return hidden
+        for group in self.groups:
+            module = self.interventions[key(layer, group)]
+            fn = partial(module, gates=call.gates) if isinstance(module, CSReFT) else module  # CS-ReFT: this call's gates
+            hidden = edit_at(hidden, call.where, fn, None if group is None else call.where.groups[group])
+        return hidden
 
     @contextmanager
     def _active(self, attention_mask: torch.Tensor, prompt_lengths=None, instruction_spans=None) -> Iterator[_Call]:
         """Set up the call: positions to edit, and forced gates or the router's input mask."""
         if not self._handles:
             raise RuntimeError("This ReftModel was removed from its base model; call reft.attach() to use it again.")
-        call = _Call(where=self.where(attention_mask, prompt_lengths))
-        self.last_probs = None
+        call = _Call(where=self.where(attention_mask, prompt_lengths), editing=self._enabled)
         if self.router is not None and self._forced is not None:
             if self._forced.shape[0] not in (1, attention_mask.shape[0]):
                 raise ValueError(f"force_gates got gates for {self._forced.shape[0]} examples but the batch has {attention_mask.shape[0]}.")
-            call.gates = self.last_gates = self._forced.to(attention_mask.device).expand(attention_mask.shape[0], -1)
+            call.gates = self._forced.to(attention_mask.device).expand(attention_mask.shape[0], -1)
         elif self.router is not None and instruction_spans is not None:
             call.summary_mask = span_mask(attention_mask, instruction_spans, prompt_lengths)
         elif self.router is not None and self._enabled:
@@ -168,6 +168,8 @@ class ReftModel(nn.Module):
         self._call = call
         try:
             yield call
+            detached = [None if t is None else t.detach() for t in (call.gates, call.probs, call.summary)]
+            self.last_gates, self.last_probs, self.last_summary = detached  # what this call produced, kept in one place
         finally:  # with checkpointing, backward re-runs the layers (and our hooks) after forward returns
             if not is_checkpointing(self.model):
                 self._call = None
@@ -243,28 +245,40 @@ class ReftModel(nn.Module):
         if bool((attention_mask[:, -1] == 0).any()):
             raise ValueError("generate() needs left padding (the last column is padding); set tokenizer.padding_side='left'.")
         kwargs.setdefault("pad_token_id", getattr(self.model.generation_config, "pad_token_id", None) or self.model.config.eos_token_id)
-        stop = self.model.register_forward_hook(lambda *args: setattr(self, "_call", None))  # edit the prefill only
-        try:
-            with self._active(attention_mask, None, instruction_spans):
+        with self._active(attention_mask, None, instruction_spans) as call:
+            stop = self.model.register_forward_hook(lambda *args: setattr(call, "editing", False))  # edit the prefill only
+            try:
                 return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        finally:
-            stop.remove()
-            self._call = None
+            finally:
+                stop.remove()
 
     # ------------------------------------------------------------ the router's start
 
     @torch.no_grad()
+    def route(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+              instruction_spans: torch.Tensor | None = None, prompt_lengths: torch.Tensor | None = None):
+        """This batch's gates, the router's probabilities and what it read, ``([batch, k], [batch, k], [batch, d])``, as a
+        forward pass would route it; the base model runs up to the router's layer only. Forced gates: ``(gates, None, None)``."""
+        if self.router is None:
+            raise ValueError("route needs a ReftModel with a router (cl.CSReFT interventions).")
+        attention_mask = check_batch(self.model, input_ids, attention_mask)
+        with self._active(attention_mask, prompt_lengths, instruction_spans) as call:
+            if call.summary_mask is not None:
+                call.stop_after_routing = True
+                try:
+                    self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask))
+                except _Routed:
+                    pass
+        return self.last_gates, self.last_probs, self.last_summary
+
     def router_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       instruction_spans: torch.Tensor | None = None, prompt_lengths: torch.Tensor | None = None, **ignored) -> torch.Tensor:
-        """What the router reads for a batch (``routing.instruction_summary``), ``[batch, d]``."""
-        if self.router is None:
-            raise ValueError("router_inputs needs a ReftModel with a router (cl.CSReFT interventions).")
+        """What the router reads for a batch (``routing.instruction_summary``), ``[batch, d]``, forced gates or not."""
         forced, self._forced = self._forced, None
         try:
-            self(input_ids, attention_mask, prompt_lengths=prompt_lengths, instruction_spans=instruction_spans)
+            return self.route(input_ids, attention_mask, instruction_spans, prompt_lengths)[2]
         finally:
             self._forced = forced
-        return self.last_summary
 
     def init_router(self, dataset, tokenizer=None, batch_size: int = 32, confidence: float = 0.9, seed: int = 0,
                     collator=None) -> torch.Tensor:

@@ -99,7 +99,6 @@ class Router(nn.Module):
             self.net = nn.Linear(d_model, n_subspaces)
         else:
             self.net = nn.Sequential(nn.Linear(d_model, hidden), nn.ReLU(), nn.Linear(hidden, n_subspaces))
-        self.last_probs: torch.Tensor | None = None  # [batch, k] of the last call, for plots and inspection
 
     def features(self, summary: torch.Tensor) -> torch.Tensor:
         """What the weights see: the summary layer-normed, then scaled to unit length (÷√d).
@@ -119,7 +118,6 @@ class Router(nn.Module):
     def forward(self, summary: torch.Tensor, with_probs: bool = False):
         """Gates ``[batch, k]`` (and the probabilities, when ``with_probs``)."""
         p = self.probabilities(summary)
-        self.last_probs = p
         if self.gating == "soft":
             gates = p
         else:

@@ -507,3 +507,28 @@ def test_init_router_starts_the_router_at_the_clusters_of_what_it_reads(model):
     assert torch.equal(reft.router.probabilities(summaries).argmax(-1), clusters)
     reft(**{k: v for k, v in batch.items() if k != "labels"})
     assert torch.equal(reft.last_gates.argmax(-1), clusters)  # the router routes by cluster from the first step
+
+
+def test_route_gives_a_forward_passs_gates_without_the_layers_after_the_router_or_the_vocabulary(model):
+    reft = make_reft(model)  # LoReFT at layer 1, CS-ReFT at layer 2: the router reads layer 2
+    randomize(reft)
+    x = ids()
+    reft(x, instruction_spans=spans())
+    expected = reft.last_gates, reft.last_probs, reft.last_summary
+    ran = []
+    handles = [cl.decoder_layers(model)[3].register_forward_hook(lambda *a: ran.append("layer 3")),
+               model.get_output_embeddings().register_forward_hook(lambda *a: ran.append("lm_head"))]
+    gates, probs, summary = reft.route(x, instruction_spans=spans())
+    for handle in handles:
+        handle.remove()
+    assert ran == []
+    assert torch.equal(gates, expected[0]) and torch.equal(probs, expected[1]) and torch.equal(summary, expected[2])
+    assert not gates.requires_grad and not probs.requires_grad  # what a call produced is kept detached
+    with reft.force_gates([0, 1, 0]):
+        assert torch.equal(reft.route(x)[0], torch.tensor([[0.0, 1, 0]] * 2))
+
+
+def test_bad_raw_inputs_get_clear_errors(model):
+    reft = make_reft(model, kinds=("LoReFT", "LoReFT"))
+    with pytest.raises(ValueError, match="integer token ids"):
+        reft(ids().float())
