@@ -139,7 +139,7 @@ def one_hot(i: int, k: int) -> list[float]:
 def mixture_study(b: Bench, seed: int, skills: list[str]) -> dict:
     cl, tasks, st, k = b.cl, b.cl.tasks, MIXTURE, len(skills)
     test = [e for s in skills for e in tasks.get_skill(s).generate(st["n_test"], "test", 0)]
-    train = tasks.make_dataset(skills, st["n_train"], "train", seed)
+    train = tasks.make_examples(skills, st["n_train"], "train", seed)
     out, params = {}, {}
     out["untrained"] = b.accuracy(b.model, test)
     params["untrained"] = 0
@@ -215,7 +215,7 @@ def composition(b: Bench, reft, pair_gates: list[float], composed) -> dict:
 def routing_study(b: Bench, seed: int) -> dict:
     cl, tasks, st, skills = b.cl, b.cl.tasks, SMALL, ROUTING_SKILLS
     k = len(skills)
-    train = tasks.make_dataset(skills, st["n_train"], "train", seed)
+    train = tasks.make_examples(skills, st["n_train"], "train", seed)
     test = [e for s in skills for e in tasks.get_skill(s).generate(st["n_test"], "test", 0)]
     composed = {"+".join(pair): tasks.compose(*pair, n=st["n_test"], seed=0) for pair in COMPOSE}
     reft = b.routed_csreft(skills, train, st, seed)
@@ -242,7 +242,7 @@ def routing_study(b: Bench, seed: int) -> dict:
 def two_stage_study(b: Bench, seed: int) -> dict:
     tasks, st, skills = b.cl.tasks, SMALL, ROUTING_SKILLS
     k = len(skills)
-    train = tasks.make_dataset(skills, st["n_train"], "train", seed)
+    train = tasks.make_examples(skills, st["n_train"], "train", seed)
     test = [e for s in skills for e in tasks.get_skill(s).generate(st["n_test"], "test", 0)]
     reft = b.csreft(k, st, seed)
     b.fit(reft, train, st, seed, gates=lambda e: one_hot(skills.index(e.skill), k))  # stage 1: the label is the gate

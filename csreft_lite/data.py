@@ -123,6 +123,8 @@ def make_dataset(records: Iterable[Mapping], tokenizer, template: str = "auto", 
     """
     from datasets import Dataset
 
+    if tokenizer is None or not callable(tokenizer):
+        raise ValueError(f"make_dataset(records, tokenizer) needs the model's tokenizer, got {tokenizer!r}.")
     records = list(records)
     if not records:
         raise ValueError("The data set is empty: pass at least one {'instruction': ..., 'output': ...} record.")
@@ -182,6 +184,8 @@ def pad_token_id(tokenizer) -> int:
 
 def collator_for(tokenizer, padding_side: str = "right", pad_to_multiple_of: int | None = None) -> Collator:
     """A ``Collator`` with the tokenizer's pad token (``pad_token_id``)."""
+    if tokenizer is None:
+        raise ValueError("Batches are padded with the tokenizer's pad token: pass the tokenizer (or a collator).")
     return Collator(pad_token_id=pad_token_id(tokenizer), padding_side=padding_side, pad_to_multiple_of=pad_to_multiple_of)
 
 

@@ -106,10 +106,10 @@ def routing_nmi(skills: Sequence, choices: Sequence) -> float:
     joint, by_skill, by_choice = Counter(zip(skills, choices)), Counter(skills), Counter(choices)
     mutual = sum(c / n * math.log(c * n / (by_skill[s] * by_choice[x])) for (s, x), c in joint.items())
 
-    def entropy(counts: Counter) -> float:
+    def count_entropy(counts: Counter) -> float:  # of the empirical distribution (routing.entropy: of probabilities)
         return -sum(c / n * math.log(c / n) for c in counts.values())
 
-    h_skill, h_choice = entropy(by_skill), entropy(by_choice)
+    h_skill, h_choice = count_entropy(by_skill), count_entropy(by_choice)
     return 0.0 if h_skill == 0 or h_choice == 0 else mutual / ((h_skill + h_choice) / 2)
 
 

@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 
 from .hooks import position_ids
+from .progress import Progress
 
 JUDGE_INSTRUCTION = (
     "You are a careful judge of answers written by AI assistants. Read the instruction and the two "
@@ -84,15 +85,14 @@ def judge_preferences(
     ``judge`` is any causal LM (ideally an instruct model); answers longer than
     ``max_answer_tokens`` are cut so that prompts fit.
     """
-    from tqdm.auto import tqdm
-
     instructions, outputs_1, outputs_2 = list(instructions), list(outputs_1), list(outputs_2)
     if not (len(instructions) == len(outputs_1) == len(outputs_2)):
         raise ValueError(f"{len(instructions)} instructions, {len(outputs_1)} and {len(outputs_2)} outputs: they must pair up.")
     if not instructions:
         raise ValueError("Nothing to judge.")
     preferences: list[float] = []
-    for start in tqdm(range(0, len(instructions), batch_size), desc="judging", disable=not progress, leave=False):
+    bar = Progress(len(instructions), "judging", unit="pair", enabled=progress)
+    for start in range(0, len(instructions), batch_size):
         rows = range(start, min(start + batch_size, len(instructions)))
         firsts, seconds, chat = [], [], False
         for i in rows:
@@ -106,6 +106,8 @@ def judge_preferences(
         one_as_b = 1 - _prob_first_is_a(judge, tokenizer, seconds, chat)  # P(output_1 better), order 2
         p_one = (one_as_a + one_as_b) / 2
         preferences += (2 - p_one).tolist()  # 1 when output_1 surely better, 2 when output_2 is
+        bar.update(len(rows))
+    bar.close()
     return preferences
 
 

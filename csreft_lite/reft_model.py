@@ -81,7 +81,7 @@ class ReftModel(nn.Module):
         if self.positions.all and not share_positions:
             raise ValueError("positions='all' has no first/last groups; use share_positions=True.")
         self.share_positions = share_positions
-        self.groups = (None,) if share_positions else ("first", "last")
+        self.copies = (None,) if share_positions else ("first", "last")  # the position groups with weights of their own
         self.layers = check_layers(len(decoder_layers(model)), list(interventions))
         if len(set(self.layers)) != len(self.layers):
             raise ValueError(f"Two interventions were given for the same layer: {sorted(interventions)}.")
@@ -91,9 +91,9 @@ class ReftModel(nn.Module):
             if getattr(module, "d_model", d) != d:
                 raise ValueError(f"The intervention for layer {layer} was built for hidden size {module.d_model}, but the "
                                  f"model's hidden size is {d}. Build it with d_model={d}.")
-            for group in self.groups:  # untied: the "last" group gets a copy
+            for group in self.copies:  # untied: the "last" group gets a copy
                 self.interventions[key(layer, group)] = module if group in (None, "first") else copy.deepcopy(module)
-        firsts = {layer: self.interventions[key(layer, self.groups[0])] for layer in self.layers}
+        firsts = {layer: self.interventions[key(layer, self.copies[0])] for layer in self.layers}
         routed = {layer: m for layer, m in firsts.items() if isinstance(m, CSReFT)}
         if router_layer is not None:
             router_layer = check_layers(len(decoder_layers(model)), [router_layer])[0]
@@ -143,7 +143,7 @@ class ReftModel(nn.Module):
                 raise _Routed
         if layer not in self.layers:
             return hidden
-        for group in self.groups:
+        for group in self.copies:
             module = self.interventions[key(layer, group)]
             fn = partial(module, gates=call.gates) if isinstance(module, CSReFT) else module  # CS-ReFT: this call's gates
             hidden = edit_at(hidden, call.where, fn, None if group is None else call.where.groups[group])

@@ -216,7 +216,7 @@ def get_skill(name: str) -> Skill:
     return SKILLS[name]
 
 
-def make_dataset(
+def make_examples(
     skills: Sequence[str] | None = None, n_per_skill: int = 32, split: str = "train", seed: int = 0
 ) -> list[Example]:
     """``n_per_skill`` examples of each skill (all by default), shuffled together deterministically."""

@@ -83,7 +83,7 @@ def train(reft, dataset, tokenizer=None, *, epochs: float = 1, batch_size: int =
     set_seed(seed)
     accelerator = accelerator or _default_accelerator(grad_accum)
     if accelerator.is_local_main_process:
-        warn_short_prompts(_prompt_lengths(dataset), reft.positions)
+        warn_short_prompts(_row_prompt_lengths(dataset), reft.positions)
     reft.model.to(accelerator.device)  # the frozen base lives outside the prepared module
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collator or collator_for(tokenizer),
                         generator=torch.Generator().manual_seed(seed))
@@ -137,7 +137,7 @@ def _batches(loader, skip: int):
             yield batch
 
 
-def _prompt_lengths(dataset) -> list[int]:
+def _row_prompt_lengths(dataset) -> list[int]:
     """The ``prompt_length`` of every row (read by column from a ``datasets.Dataset``); [] when rows have none."""
     if hasattr(dataset, "column_names"):
         return list(dataset["prompt_length"]) if "prompt_length" in dataset.column_names else []

@@ -57,7 +57,7 @@ def run_one(name, model, tok, build, train_kwargs, train_set, probes, save_dir):
 def fingerprint(save_dir=None):
     model, tok = cl.load_course_model()
     d = model.config.hidden_size
-    train_set = tasks.make_dataset(SKILLS, 8, "train", 0)
+    train_set = tasks.make_examples(SKILLS, 8, "train", 0)
     probes = [e for s in SKILLS for e in tasks.get_skill(s).generate(3, "test", 0)]
     runs = {
         "loreft_tied": (lambda: cl.ReftModel(model, {4: cl.LoReFT(d, 4)}, positions="f5+l5"),

@@ -532,3 +532,11 @@ def test_bad_raw_inputs_get_clear_errors(model):
     reft = make_reft(model, kinds=("LoReFT", "LoReFT"))
     with pytest.raises(ValueError, match="integer token ids"):
         reft(ids().float())
+
+
+def test_init_router_and_make_dataset_without_a_tokenizer_say_so(model):
+    reft = make_reft(model)
+    with pytest.raises(ValueError, match="pass the tokenizer"):
+        reft.init_router([{"input_ids": [5, 6, 7], "prompt_length": 3, "instruction_span": [0, 2]}])
+    with pytest.raises(ValueError, match="needs the model's tokenizer"):
+        cl.data.make_dataset([{"instruction": "a", "output": "b"}], None)

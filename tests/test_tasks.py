@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from csreft_lite import tasks
-from csreft_lite.tasks import COMPOSE, SKILLS, Example, compose, get_skill, make_dataset, score
+from csreft_lite.tasks import COMPOSE, SKILLS, Example, compose, get_skill, make_examples, score
 
 FUNCTION_WORDS = {"the", "was", "i", "thought", "honestly"}  # the review templates' own words
 
@@ -120,25 +120,25 @@ def test_bad_arguments_raise_clear_errors():
         skill.score("3", SKILLS["count"].generate(1)[0])
 
 
-def test_make_dataset_mixes_every_skill_deterministically():
-    mix = make_dataset(n_per_skill=10, seed=4)
+def test_make_examples_mixes_every_skill_deterministically():
+    mix = make_examples(n_per_skill=10, seed=4)
     assert Counter(e.skill for e in mix) == {name: 10 for name in SKILLS}
-    assert mix == make_dataset(n_per_skill=10, seed=4) and mix != make_dataset(n_per_skill=10, seed=5)
+    assert mix == make_examples(n_per_skill=10, seed=4) and mix != make_examples(n_per_skill=10, seed=5)
     assert [e.skill for e in mix[:10]] != [mix[0].skill] * 10, "shuffled, not grouped by skill"
     assert set(mix) == {e for name in SKILLS for e in get_skill(name).generate(10, "train", 4)}
-    pair = make_dataset(["uppercase", "lowercase"], n_per_skill=7, split="test")
+    pair = make_examples(["uppercase", "lowercase"], n_per_skill=7, split="test")
     assert Counter(e.skill for e in pair) == {"uppercase": 7, "lowercase": 7}
     records = [{"instruction": e.instruction, "output": e.output} for e in mix]
     assert all(isinstance(r["instruction"], str) and r["output"] for r in records)
     for bad in ([], "uppercase"):
         with pytest.raises(ValueError, match="non-empty list"):
-            make_dataset(bad)
+            make_examples(bad)
     with pytest.raises(ValueError, match="Unknown skill"):
-        make_dataset(["uppercase", "spelling"])
+        make_examples(["uppercase", "spelling"])
 
 
 def test_score_reports_each_skill_and_the_unweighted_mean():
-    examples = make_dataset(["uppercase", "count"], n_per_skill=4, split="test")
+    examples = make_examples(["uppercase", "count"], n_per_skill=4, split="test")
     right = [e.output for e in examples]
     assert score(right, examples) == {"uppercase": 1.0, "count": 1.0, "mean": 1.0}
     half = [e.output if e.skill == "count" or i % 2 else "no" for i, e in enumerate(examples)]
