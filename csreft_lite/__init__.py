@@ -8,13 +8,14 @@
 Reading order of the core, following one forward pass:
     interventions.py   LoReFT, DiReFT, CSReFT: the edits, tensors in and tensors out
     routing.py         Router, what it reads (instruction_summary), the balance term, the k-means start
-    hooks.py           positions (f5+l5), span masks, reading and editing hidden states at layers
-    reft_model.py      ReftModel: a frozen model + interventions; forward, loss, generate
+    hooks.py           positions (f5+l5), span masks, a model's decoder layers, editing hidden states there
+    reft_model.py      ReftModel: a frozen model + interventions; forward, loss, generate, route
     data.py            templates, labels on the response only, prompt lengths and instruction spans
-    train.py           the training loop
-Around it, each in a room of its own: models.py (loading, the course-model cache), checkpoint.py (the
-format on disk and its checks), compat.py (every transformers/torch version shim), evaluate.py, tasks.py,
-progress.py, and for the notebooks checks.py and plots.py.
+    train.py           the training loop (and ReftTrainer, transformers' Trainer saving the interventions)
+With checkpoint.py (the format on disk and its checks), compat.py (version shims), validate.py and progress.py
+these ten files are what a project copies (README: "Copy the core"): they import nothing else of the package.
+Around them: models.py (loading, the course-model cache), evaluate.py, tasks.py, and for the notebooks
+checks.py, plots.py and judge.py.
 """
 
 __version__ = "0.1.0"

@@ -78,8 +78,6 @@ def train(reft, dataset, tokenizer=None, *, epochs: float = 1, batch_size: int =
         raise ValueError("The training data set is empty: nothing to train on.")
     if schedule not in ("linear", "constant"):
         raise ValueError(f"schedule must be 'linear' or 'constant', got {schedule!r}.")
-    if collator is None and tokenizer is None:
-        raise ValueError("Pass the tokenizer (for its pad token) or a collator.")
     set_seed(seed)
     accelerator = accelerator or _default_accelerator(grad_accum)
     if accelerator.is_local_main_process:
@@ -87,11 +85,7 @@ def train(reft, dataset, tokenizer=None, *, epochs: float = 1, batch_size: int =
     reft.model.to(accelerator.device)  # the frozen base lives outside the prepared module
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collator or collator_for(tokenizer),
                         generator=torch.Generator().manual_seed(seed))
-    trainable = [p for p in reft.parameters() if p.requires_grad]
-    if not trainable:
-        raise ValueError("Nothing to train: every parameter of the interventions (and of the router, if any) is frozen. "
-                         "Build fresh interventions, or leave a subspace unfrozen.")
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    optimizer = _optimizer(reft, lr, weight_decay)
     model, optimizer, loader = accelerator.prepare(reft, optimizer, loader)
     steps_per_epoch = math.ceil(len(loader) / grad_accum)  # len(loader): this process's shard
     total = min(max(1, math.ceil(steps_per_epoch * epochs)), max_steps if max_steps is not None else math.inf)
@@ -125,6 +119,15 @@ def train(reft, dataset, tokenizer=None, *, epochs: float = 1, batch_size: int =
     if checkpoint_dir and saved != history.steps:  # not saved twice for the same step
         _save(accelerator, model, optimizer, checkpoint_dir, history.steps)
     return history
+
+
+def _optimizer(reft, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the parameters that train (a frozen subspace's do not)."""
+    trainable = [p for p in reft.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("Nothing to train: every parameter of the interventions (and of the router, if any) is frozen. "
+                         "Build fresh interventions, or leave a subspace unfrozen.")
+    return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
 
 
 def _batches(loader, skip: int):
