@@ -33,7 +33,8 @@ class CheckpointError(ValueError):
 
 
 def key(layer: int, group: str | None) -> str:
-    """The name of an intervention in ``reft.interventions`` and in the weights file: ``layer9``, ``layer9_first``."""
+    """An intervention's name in the weights file and the config: ``layer9``, ``layer9_first`` (``ReftModel`` names its
+    modules so, that its ``state_dict`` is the file)."""
     return f"layer{layer}" if group is None else f"layer{layer}_{group}"
 
 
@@ -59,35 +60,10 @@ def identity(model: nn.Module) -> dict:
     return {"base_model": model_name(model), "hidden_size": hidden_size(model), "num_layers": len(decoder_layers(model))}
 
 
-def describe(reft) -> dict:
-    """A ``ReftModel``'s ``reft_config.json``: the base model, positions, layers, interventions and router."""
-    return {
-        "library": "csreft_lite", "version": getattr(sys.modules[__package__], "__version__", None),  # None in a copy
-        "format": FORMAT, **identity(reft.model),
-        "positions": str(reft.positions), "share_positions": reft.share_positions, "layers": reft.layers,
-        "interventions": {k: {"kind": type(m).__name__, "config": m.config()} for k, m in reft.interventions.items()},
-        "router": None if reft.router is None else {"layer": reft.router_layer, "config": reft.router.config()},
-    }
-
-
-def load(cls, path: str | Path, model: nn.Module, check_model_name: bool = True):
-    """``ReftModel.load``: read and check everything, then build; a failure leaves ``model`` as it was."""
-    config, by_layer, (router, router_layer), state = read(path, identity(model), check_model_name)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    try:  # the constructor checks layers, sizes and the router before it touches the model
-        reft = cls(model, by_layer, positions=config["positions"], share_positions=config["share_positions"],
-                   router=router, router_layer=router_layer)
-    except ValueError as error:
-        raise CheckpointError(f"{Path(path) / CONFIG_FILE} does not fit this model: {error}") from error
-    try:
-        check_state(Path(path) / WEIGHTS_FILE, state, reft.state_dict())
-        reft.load_state_dict(state)
-    except BaseException:
-        reft.remove()  # no hook left behind, and the frozen flags as they were
-        for p in trainable:
-            p.requires_grad_(True)
-        raise
-    return reft
+def header(model: nn.Module) -> dict:
+    """The fields every ``reft_config.json`` opens with: who wrote it, in which format, for which base model."""
+    version = getattr(sys.modules[__package__], "__version__", None)  # None in a copy of the core with an empty __init__
+    return {"library": "csreft_lite", "version": version, "format": FORMAT, **identity(model)}
 
 
 def save(config: dict, state: Mapping[str, torch.Tensor], path: str | Path) -> Path:

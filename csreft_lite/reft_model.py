@@ -334,8 +334,11 @@ class ReftModel(nn.Module):
         return self.model.config
 
     def reft_config(self) -> dict:
-        """What a checkpoint's ``reft_config.json`` holds (``checkpoint.describe``)."""
-        return checkpoint.describe(self)
+        """What a checkpoint's ``reft_config.json`` holds: the base model, positions, layers, interventions and router."""
+        return {**checkpoint.header(self.model), "positions": str(self.positions), "share_positions": self.share_positions,
+                "layers": self.layers, "interventions": {k: {"kind": type(m).__name__, "config": m.config()}
+                                                          for k, m in self.interventions.items()},
+                "router": None if self.router is None else {"layer": self.router_layer, "config": self.router.config()}}
 
     def save(self, path: str | Path) -> Path:
         """Write ``reft_config.json`` and ``interventions.safetensors`` (no pickles) into the folder ``path``."""
@@ -369,4 +372,19 @@ class ReftModel(nn.Module):
     def load(cls, path: str | Path, model: nn.Module, check_model_name: bool = True) -> "ReftModel":
         """Rebuild a saved ``ReftModel`` on ``model``. A checkpoint made for another model, damaged or inconsistent
         raises ``CheckpointError`` naming the file, and leaves ``model`` exactly as it was."""
-        return checkpoint.load(cls, path, model, check_model_name)
+        config, by_layer, (router, router_layer), state = checkpoint.read(path, checkpoint.identity(model), check_model_name)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        try:  # the constructor checks layers, sizes and the router before it touches the model
+            reft = cls(model, by_layer, positions=config["positions"], share_positions=config["share_positions"],
+                       router=router, router_layer=router_layer)
+        except ValueError as error:
+            raise checkpoint.CheckpointError(f"{Path(path) / checkpoint.CONFIG_FILE} does not fit this model: {error}") from error
+        try:
+            checkpoint.check_state(Path(path) / checkpoint.WEIGHTS_FILE, state, reft.state_dict())
+            reft.load_state_dict(state)
+        except BaseException:
+            reft.remove()  # no hook left behind, and the frozen flags as they were
+            for p in trainable:
+                p.requires_grad_(True)
+            raise
+        return reft
