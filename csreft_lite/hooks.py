@@ -32,19 +32,12 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     ``gpt_neox.layers``), so new architectures work without a hand-written table.
     """
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    candidates = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.ModuleList) and len(module) > 0 and (n_layers is None or len(module) == n_layers)
-    ]
+    candidates = [(name, m) for name, m in model.named_modules()
+                  if isinstance(m, nn.ModuleList) and len(m) > 0 and (n_layers is None or len(m) == n_layers)]
     if not candidates:
-        raise ValueError(
-            f"Could not find the decoder layers of {type(model).__name__}: no nn.ModuleList with "
-            f"config.num_hidden_layers={n_layers} entries. Pass a Hugging Face causal LM."
-        )
-    # The shallowest match is the decoder stack (deeper ones are e.g. per-layer experts).
-    name, module = min(candidates, key=lambda item: item[0].count("."))
-    return module
+        raise ValueError(f"Could not find the decoder layers of {type(model).__name__}: no nn.ModuleList with "
+                         f"config.num_hidden_layers={n_layers} entries. Pass a Hugging Face causal LM.")
+    return min(candidates, key=lambda item: item[0].count("."))[1]  # the shallowest (deeper ones: e.g. per-layer experts)
 
 
 def model_name(model: nn.Module) -> str:

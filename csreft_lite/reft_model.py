@@ -359,14 +359,15 @@ class ReftModel(nn.Module):
     def gradient_checkpointing_disable(self) -> None:
         set_checkpointing(self.model, False)
 
+    activation_checkpointing_enable = gradient_checkpointing_enable  # the names 5.x's Trainer calls
+    activation_checkpointing_disable = gradient_checkpointing_disable
+
     def train(self, mode: bool = True) -> "ReftModel":
         """Training mode for the interventions; for the frozen base too while checkpointing is on (transformers recomputes
         layers only in training mode), else it stays as it is (no dropout in a model that does not learn)."""
         if is_checkpointing(self.model):
             self.model.train(mode)
         return super().train(mode)
-
-    activation_checkpointing_enable, activation_checkpointing_disable = gradient_checkpointing_enable, gradient_checkpointing_disable  # 5.x names
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module, check_model_name: bool = True) -> "ReftModel":
