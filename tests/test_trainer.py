@@ -6,6 +6,7 @@ from transformers import TrainingArguments
 
 import csreft_lite as cl
 from csreft_lite import data, evaluate
+from csreft_lite.compat import is_checkpointing
 from csreft_lite.train import ReftTrainer
 
 pytestmark = pytest.mark.slow
@@ -37,6 +38,7 @@ def test_trainer_trains_a_routed_reft_model_and_its_save_loads(course_model, tmp
                           data_collator=data.collator_for(tok))
     try:
         result = trainer.train()
+        assert is_checkpointing(model) == checkpointing and model.training == checkpointing  # the base follows while on
         assert torch.isfinite(torch.tensor(result.training_loss))
         assert all(not torch.equal(v, before[k]) for k, v in reft.state_dict().items())  # every intervention learned
         assert all(torch.equal(v, base[k]) for k, v in model.state_dict().items())  # the base did not
