@@ -2,8 +2,8 @@
 
 Only the interventions train; the base model stays frozen on its device. It scales out through Hugging Face
 Accelerate rather than a scheme of its own: the same function runs on a CPU, one GPU, or several GPUs under
-``accelerate launch``. ``cl.train(reft, ds, tok)`` calls ``train()``: this module is callable. transformers' ``Trainer``
-trains a ``ReftModel`` too; ``ReftTrainer`` is that ``Trainer`` saving the intervention folder ``ReftModel.load`` reads.
+``accelerate launch``. ``cl.train(reft, ds, tok)`` calls ``train()``: this module is callable. For transformers'
+``Trainer`` see ``trainer.py`` (``ReftTrainer``), beside the core.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import sys
 import time
 import types
 from dataclasses import dataclass, field
-from functools import cache
 
 import torch
 from torch.utils.data import DataLoader
@@ -197,28 +196,6 @@ def _save(accelerator, model, optimizer, path: str, step: int) -> int:
         checkpoint.save_training(accelerator.unwrap_model(model), optimizer, path, step)
     accelerator.wait_for_everyone()
     return step
-
-
-@cache
-def _reft_trainer():
-    from transformers import Trainer  # seconds to import: only when asked for
-
-    class ReftTrainer(Trainer):
-        """``transformers.Trainer`` whose ``save_model`` and checkpoints also write the intervention folder (``reft.save``).
-        Trainer saves only its own and PEFT's models with ``save_pretrained``, any other module as a bare state dict."""
-
-        def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-            super()._save(output_dir, state_dict)  # model.safetensors (Trainer's resume reads it), tokenizer, arguments
-            if self.args.should_save:
-                self.accelerator.unwrap_model(self.model).save(output_dir or self.args.output_dir)
-
-    return ReftTrainer
-
-
-def __getattr__(name: str):  # ``from csreft_lite.train import ReftTrainer`` imports transformers' Trainer then
-    if name == "ReftTrainer":
-        return _reft_trainer()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _CallableModule(types.ModuleType):

@@ -7,7 +7,7 @@ from transformers import TrainingArguments
 import csreft_lite as cl
 from csreft_lite import data, evaluate
 from csreft_lite.compat import is_checkpointing
-from csreft_lite.train import ReftTrainer
+from csreft_lite.trainer import ReftTrainer
 
 pytestmark = pytest.mark.slow
 
