@@ -11,7 +11,7 @@ Reading order of the core, following one forward pass:
     hooks.py           positions (f5+l5), span masks, a model's decoder layers, editing hidden states there
     reft_model.py      ReftModel: a frozen model + interventions; forward, loss, generate, route
     data.py            templates, labels on the response only, prompt lengths and instruction spans
-    train.py           the training loop (trainer.py beside it: ReftTrainer, transformers' Trainer saving the interventions)
+    train.py           the training loop (beside it, trainer.py: ReftTrainer for transformers' Trainer)
 With checkpoint.py (the format on disk and its checks), compat.py (version shims), validate.py and progress.py
 these ten files are what a project copies (README: "Copy the core"): they import nothing else of the package.
 Around them: models.py (loading, the course-model cache), evaluate.py, tasks.py, and for the notebooks

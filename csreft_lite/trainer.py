@@ -1,7 +1,7 @@
-"""``ReftTrainer``: transformers' ``Trainer`` for a ``ReftModel``, saving the intervention folder ``ReftModel.load`` reads.
+"""``ReftTrainer``: transformers' ``Trainer`` for a ``ReftModel``, saving the folder ``ReftModel.load`` reads.
 
-A plain ``Trainer`` trains a ``ReftModel`` too (``reft.config``, a ``ModelOutput`` with ``loss``), but saves only its own
-and PEFT's models with ``save_pretrained``, any other module as a bare state dict. Not part of the core: the course's
+A plain ``Trainer`` trains a ``ReftModel`` too (``reft.config``, a ``ModelOutput`` with ``loss``), but saves only
+its own and PEFT's models with ``save_pretrained``, any other module as a bare state dict. Not part of the core: the course's
 own loop is ``train.py``; this module imports transformers' ``Trainer`` (seconds) and is imported only when asked for.
 """
 
@@ -11,7 +11,7 @@ from transformers import Trainer
 
 
 class ReftTrainer(Trainer):
-    """``transformers.Trainer`` whose ``save_model`` and checkpoints also write the intervention folder (``reft.save``)."""
+    """``transformers.Trainer`` whose ``save_model`` and checkpoints also write the interventions (``reft.save``)."""
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict)  # model.safetensors (Trainer's resume reads it), tokenizer, arguments
