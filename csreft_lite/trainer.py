@@ -1,8 +1,8 @@
 """``ReftTrainer``: transformers' ``Trainer`` for a ``ReftModel``, saving the folder ``ReftModel.load`` reads.
 
 A plain ``Trainer`` trains a ``ReftModel`` too (``reft.config``, a ``ModelOutput`` with ``loss``), but saves only
-its own and PEFT's models with ``save_pretrained``, any other module as a bare state dict. Not part of the core: the course's
-own loop is ``train.py``; this module imports transformers' ``Trainer`` (seconds) and is imported only when asked for.
+its own and PEFT's models with ``save_pretrained``, any other module as a bare state dict. Not part of the core
+(the course's own loop is ``train.py``): importing it imports transformers' ``Trainer``, which takes seconds.
 """
 
 from __future__ import annotations
