@@ -79,6 +79,35 @@ def save(config: dict, state: Mapping[str, torch.Tensor], path: str | Path) -> P
     return path
 
 
+def config_of(reft) -> dict:
+    """What a ``ReftModel``'s ``reft_config.json`` holds: the base model, positions, layers, interventions and router."""
+    return {**header(reft.model), "positions": str(reft.positions), "share_positions": reft.share_positions,
+            "layers": reft.layers, "interventions": {k: {"kind": type(m).__name__, "config": m.config()}
+                                                      for k, m in reft.interventions.items()},
+            "router": None if reft.router is None else {"layer": reft.router_layer, "config": reft.router.config()}}
+
+
+def load(cls, path: str | Path, model: nn.Module, check_model_name: bool = True):
+    """``ReftModel.load``: build ``cls`` (``ReftModel``) on ``model`` from the checkpoint in ``path``, everything
+    read and checked first; on any error the hooks come off and ``model``'s frozen flags are as they were."""
+    config, by_layer, (router, router_layer), state = read(path, identity(model), check_model_name)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:  # the constructor checks layers, sizes and the router before it touches the model
+        reft = cls(model, by_layer, positions=config["positions"], share_positions=config["share_positions"],
+                   router=router, router_layer=router_layer)
+    except ValueError as error:
+        raise CheckpointError(f"{Path(path) / CONFIG_FILE} does not fit this model: {error}") from error
+    try:
+        check_state(Path(path) / WEIGHTS_FILE, state, reft.state_dict())
+        reft.load_state_dict(state)
+    except BaseException:
+        reft.remove()  # no hook left behind, and the frozen flags as they were
+        for p in trainable:
+            p.requires_grad_(True)
+        raise
+    return reft
+
+
 def read(path: str | Path, model_identity: dict, check_model_name: bool = True) -> tuple[dict, dict, tuple, dict]:
     """Read and check a checkpoint for a model: ``(config, {layer: intervention}, (router, router_layer), weights)``."""
     path = Path(path)

@@ -9,7 +9,7 @@ interventions it runs their one ``Router`` once per forward pass and hands its g
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -104,9 +104,8 @@ class ReftModel(nn.Module):
         self._forced: torch.Tensor | None = None
         self._enabled = True
         self._handles: list = []
-        self.last_gates: torch.Tensor | None = None  # [batch, k] of the last call, detached (set by _active only)
-        self.last_probs: torch.Tensor | None = None  # the router's probabilities then (None when gates were forced)
-        self.last_summary: torch.Tensor | None = None  # [batch, d]: what the router read then
+        # The last call's gates [batch, k], the router's probabilities (None when forced) and what it read [batch, d]
+        self.last_gates = self.last_probs = self.last_summary = None  # detached; set by _active only
         self.attach()
 
     # ------------------------------------------------------------ hooks
@@ -154,7 +153,8 @@ class ReftModel(nn.Module):
         """Set up the call: positions to edit, and forced gates or the router's input mask."""
         if not self._handles:
             raise RuntimeError("This ReftModel was removed from its base model; call reft.attach() to use it again.")
-        call = _Call(where=self.where(attention_mask, prompt_lengths), editing=self._enabled)
+        where = resolve_positions(self.positions, attention_mask, prompt_lengths)  # left or right padding
+        call = _Call(where=where, editing=self._enabled)
         if self.router is not None and self._forced is not None:
             if self._forced.shape[0] not in (1, attention_mask.shape[0]):
                 raise ValueError(f"force_gates got gates for {self._forced.shape[0]} examples but the batch has {attention_mask.shape[0]}.")
@@ -175,31 +175,27 @@ class ReftModel(nn.Module):
                 self._call = None
 
     @contextmanager
-    def disabled(self) -> Iterator[None]:
-        """Run the base model without edits inside this block, e.g. for before/after comparisons."""
-        self._enabled = False
+    def _swapped(self, name: str, value) -> Iterator[None]:
+        """Attribute ``name`` set to ``value`` inside the block, and back to what it was after."""
+        previous = getattr(self, name)
+        setattr(self, name, value)
         try:
             yield
         finally:
-            self._enabled = True
+            setattr(self, name, previous)
 
-    @contextmanager
-    def force_gates(self, gates) -> Iterator[None]:
+    def disabled(self) -> AbstractContextManager[None]:
+        """Run the base model without edits inside this block, e.g. for before/after comparisons."""
+        return self._swapped("_enabled", False)
+
+    def force_gates(self, gates) -> AbstractContextManager[None]:
         """Fix the gates inside this block (the router is bypassed): ``[1, 0, 0]`` opens the first subspace at every
         layer for every example; ``[batch, k]`` sets them per example."""
         if self.router is None:
             raise ValueError("force_gates needs routed interventions (cl.CSReFT); these have no gates.")
-        previous, self._forced = self._forced, check_gates(gates, self.router.n_subspaces)  # [1 or batch, k]
-        try:
-            yield
-        finally:
-            self._forced = previous
+        return self._swapped("_forced", check_gates(gates, self.router.n_subspaces))  # [1 or batch, k]
 
     # ------------------------------------------------------------ forward and generate
-
-    def where(self, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor | None = None) -> PositionIndex:
-        """The positions this model edits for a padded batch (left or right padding)."""
-        return resolve_positions(self.positions, attention_mask, prompt_lengths)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 prompt_lengths: torch.Tensor | None = None, instruction_spans: torch.Tensor | None = None,
@@ -274,11 +270,8 @@ class ReftModel(nn.Module):
     def router_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       instruction_spans: torch.Tensor | None = None, prompt_lengths: torch.Tensor | None = None, **ignored) -> torch.Tensor:
         """What the router reads for a batch (``routing.instruction_summary``), ``[batch, d]``, forced gates or not."""
-        forced, self._forced = self._forced, None
-        try:
+        with self._swapped("_forced", None):
             return self.route(input_ids, attention_mask, instruction_spans, prompt_lengths)[2]
-        finally:
-            self._forced = forced
 
     def init_router(self, dataset, tokenizer=None, batch_size: int = 32, confidence: float = 0.9, seed: int = 0,
                     collator=None) -> torch.Tensor:
@@ -333,16 +326,9 @@ class ReftModel(nn.Module):
         """The base model's config, as every model in the ecosystem has one (``Trainer`` reads it)."""
         return self.model.config
 
-    def reft_config(self) -> dict:
-        """What a checkpoint's ``reft_config.json`` holds: the base model, positions, layers, interventions and router."""
-        return {**checkpoint.header(self.model), "positions": str(self.positions), "share_positions": self.share_positions,
-                "layers": self.layers, "interventions": {k: {"kind": type(m).__name__, "config": m.config()}
-                                                          for k, m in self.interventions.items()},
-                "router": None if self.router is None else {"layer": self.router_layer, "config": self.router.config()}}
-
     def save(self, path: str | Path) -> Path:
         """Write ``reft_config.json`` and ``interventions.safetensors`` (no pickles) into the folder ``path``."""
-        return checkpoint.save(self.reft_config(), self.state_dict(), path)
+        return checkpoint.save(checkpoint.config_of(self), self.state_dict(), path)
 
     save_pretrained = save  # PEFT's name
 
@@ -372,20 +358,5 @@ class ReftModel(nn.Module):
     @classmethod
     def load(cls, path: str | Path, model: nn.Module, check_model_name: bool = True) -> "ReftModel":
         """Rebuild a saved ``ReftModel`` on ``model``. A checkpoint made for another model, damaged or inconsistent
-        raises ``CheckpointError`` naming the file, and leaves ``model`` exactly as it was."""
-        config, by_layer, (router, router_layer), state = checkpoint.read(path, checkpoint.identity(model), check_model_name)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        try:  # the constructor checks layers, sizes and the router before it touches the model
-            reft = cls(model, by_layer, positions=config["positions"], share_positions=config["share_positions"],
-                       router=router, router_layer=router_layer)
-        except ValueError as error:
-            raise checkpoint.CheckpointError(f"{Path(path) / checkpoint.CONFIG_FILE} does not fit this model: {error}") from error
-        try:
-            checkpoint.check_state(Path(path) / checkpoint.WEIGHTS_FILE, state, reft.state_dict())
-            reft.load_state_dict(state)
-        except BaseException:
-            reft.remove()  # no hook left behind, and the frozen flags as they were
-            for p in trainable:
-                p.requires_grad_(True)
-            raise
-        return reft
+        raises ``CheckpointError`` naming the file, and leaves ``model`` exactly as it was (``checkpoint.load``)."""
+        return checkpoint.load(cls, path, model, check_model_name)
