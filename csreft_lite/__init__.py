@@ -15,14 +15,14 @@ Reading order of the core, following one forward pass:
 With checkpoint.py (the format on disk and its checks), compat.py (version shims), validate.py and progress.py
 these ten files are what a project copies (README: "Copy the core"): they import nothing else of the package.
 Around them: models.py (loading, the course-model cache), evaluate.py, tasks.py, and for the notebooks
-checks.py, plots.py and judge.py.
+residual.py (record, add_vector), checks.py, plots.py and judge.py.
 """
 
 __version__ = "0.1.0"
 
 from . import data, evaluate, hooks, routing, tasks, train  # noqa: F401
 from .checkpoint import CheckpointError  # noqa: F401
-from .hooks import Positions, add_vector, record  # noqa: F401
+from .hooks import Positions  # noqa: F401
 from .interventions import CSReFT, DiReFT, LoReFT, orthonormal_rows  # noqa: F401
 from .models import (  # noqa: F401
     CourseModelError,
@@ -32,4 +32,5 @@ from .models import (  # noqa: F401
     load_model,
 )
 from .reft_model import ReftModel  # noqa: F401
+from .residual import add_vector, record  # noqa: F401
 from .routing import Router, balance_loss, instruction_summary, kmeans  # noqa: F401

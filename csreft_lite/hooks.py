@@ -3,16 +3,14 @@
 A decoder layer's output is the residual stream after that layer, ``[batch, seq, d]``; forward hooks read or
 replace it without touching the model's code. Positions are written like the ReFT paper: ``"f5+l5"`` is the
 first 5 and last 5 tokens of each prompt, ``"l1"`` the last, ``"all"`` every one; they count from each prompt's
-first real token, so padding on either side is fine.
+first real token, so padding on either side is fine. (``record`` and ``add_vector``, by hand: residual.py.)
 """
 
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
-from typing import Callable, Iterator, Sequence
+from typing import Callable
 
 import torch
 from torch import nn
@@ -162,7 +160,7 @@ def edit_at(hidden: torch.Tensor, where: PositionIndex, fn: Callable, group: sli
     return hidden.scatter_add(1, expanded, delta)
 
 
-# ---------------------------------------------------------------- context managers
+# ---------------------------------------------------------------- hooks on decoder layers
 
 
 def hook_layers(model: nn.Module, edits: dict[int, Callable[[torch.Tensor], torch.Tensor]]) -> list:
@@ -175,49 +173,3 @@ def hook_layers(model: nn.Module, edits: dict[int, Callable[[torch.Tensor], torc
 
         handles.append(layers[layer].register_forward_hook(hook))
     return handles
-
-
-@contextmanager
-def edit_layers(model: nn.Module, edits: dict[int, Callable[[torch.Tensor], torch.Tensor]]) -> Iterator[None]:
-    """``hook_layers`` while inside the block."""
-    handles = hook_layers(model, edits)
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-@contextmanager
-def record(model: nn.Module, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
-    """Record the residual stream after each chosen layer: ``with record(model, [3, 9]) as states: model(**batch)``
-    leaves ``states[3]``, ``[batch, seq, d]``."""
-    states: dict[int, torch.Tensor] = {}
-
-    def keep(h: torch.Tensor, layer: int) -> torch.Tensor:
-        states[layer] = h.detach()
-        return h
-
-    with edit_layers(model, {layer: partial(keep, layer=layer) for layer in check_layers(len(decoder_layers(model)), list(layers))}):
-        yield states
-
-
-@contextmanager
-def add_vector(model: nn.Module, layer: int, vector: torch.Tensor, scale: float = 1.0,
-               positions: slice | None = None) -> Iterator[None]:
-    """Add ``scale * vector`` to the residual stream after ``layer`` (a steering vector), at every position
-    (generated tokens included) or at the slice ``positions`` of the sequence."""
-    d = hidden_size(model)
-    if vector.shape != (d,):
-        raise ValueError(f"The steering vector must have shape ({d},) for this model, got {tuple(vector.shape)}.")
-
-    def steer(h: torch.Tensor) -> torch.Tensor:
-        added = (scale * vector).to(device=h.device, dtype=h.dtype)
-        if positions is None:
-            return h + added
-        h = h.clone()
-        h[:, positions] += added
-        return h
-
-    with edit_layers(model, {layer: steer}):
-        yield
