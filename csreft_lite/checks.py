@@ -87,15 +87,8 @@ def compare(got: Any, expected: Any, atol: float = 1e-4, rtol: float = 1e-4) -> 
     return None if got == expected else f"expected {expected!r}, got {got!r}"
 
 
-def check_exercise(
-    fn: Callable,
-    solution: str,
-    cases: Sequence[Case],
-    hint: str,
-    name: str | None = None,
-    atol: float = 1e-4,
-    properties: Callable[[Callable, Case], str | None] | None = None,
-) -> Callable:
+def check_exercise(fn: Callable, solution: str, cases: Sequence[Case], hint: str, name: str | None = None,
+                   atol: float = 1e-4, properties: Callable[[Callable, Case], str | None] | None = None) -> Callable:
     """Run ``fn`` and the reference on every case; return the function later cells should use.
 
     ``properties(fn, case)`` may check what a value comparison cannot (e.g. orthonormality

@@ -19,17 +19,8 @@ from .progress import Progress
 from .reft_model import ReftModel
 
 
-def generate_answers(
-    model,
-    tokenizer,
-    instructions: Sequence,
-    *,
-    max_new_tokens: int = 32,
-    batch_size: int = 16,
-    template: str = "auto",
-    progress: bool = False,
-    **generate_kwargs,
-) -> list[str]:
+def generate_answers(model, tokenizer, instructions: Sequence, *, max_new_tokens: int = 32, batch_size: int = 16,
+                     template: str = "auto", progress: bool = False, **generate_kwargs) -> list[str]:
     """Greedy answers (by default) to each instruction, decoded without the prompt.
 
     Prompts are encoded by ``data.prompt_batch`` (the same ids and instruction spans as in training) and
@@ -116,13 +107,8 @@ def routing_nmi(skills: Sequence, choices: Sequence) -> float:
 # ---------------------------------------------------------------- AlpacaEval
 
 
-def write_alpaca_eval_outputs(
-    path: str | Path,
-    instructions: Sequence[str],
-    outputs: Sequence[str],
-    generator: str,
-    datasets: Sequence[str] | None = None,
-) -> Path:
+def write_alpaca_eval_outputs(path: str | Path, instructions: Sequence[str], outputs: Sequence[str], generator: str,
+                              datasets: Sequence[str] | None = None) -> Path:
     """Write answers in alpaca_eval's ``model_outputs`` format: a JSON list of
     ``{"instruction", "output", "generator", "dataset"}`` records."""
     if len(instructions) != len(outputs):
@@ -130,10 +116,8 @@ def write_alpaca_eval_outputs(
     if not instructions:
         raise ValueError("No outputs to write.")
     datasets = list(datasets) if datasets is not None else ["helpful_base"] * len(outputs)
-    records = [
-        {"instruction": i, "output": o, "generator": generator, "dataset": d}
-        for i, o, d in zip(instructions, outputs, datasets)
-    ]
+    records = [{"instruction": i, "output": o, "generator": generator, "dataset": d}
+               for i, o, d in zip(instructions, outputs, datasets)]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(records, indent=2, ensure_ascii=False))

@@ -69,17 +69,8 @@ def _prob_first_is_a(judge, tokenizer, prompts: list[str], chat: bool) -> torch.
     return torch.sigmoid(a - b).cpu()  # = P(A) / (P(A) + P(B))
 
 
-def judge_preferences(
-    judge,
-    tokenizer,
-    instructions: Sequence[str],
-    outputs_1: Sequence[str],
-    outputs_2: Sequence[str],
-    *,
-    batch_size: int = 4,
-    max_answer_tokens: int = 512,
-    progress: bool = False,
-) -> list[float]:
+def judge_preferences(judge, tokenizer, instructions: Sequence[str], outputs_1: Sequence[str], outputs_2: Sequence[str],
+                      *, batch_size: int = 4, max_answer_tokens: int = 512, progress: bool = False) -> list[float]:
     """AlpacaEval-style preferences in [1, 2] for each pair (2 = ``outputs_2`` better), both orders averaged.
 
     ``judge`` is any causal LM (ideally an instruct model); answers longer than
@@ -111,18 +102,9 @@ def judge_preferences(
     return preferences
 
 
-def judge_annotations(
-    judge,
-    tokenizer,
-    instructions: Sequence[str],
-    reference_outputs: Sequence[str],
-    model_outputs: Sequence[str],
-    *,
-    reference_name: str,
-    model_name: str,
-    judge_name: str,
-    **kwargs,
-) -> list[dict]:
+def judge_annotations(judge, tokenizer, instructions: Sequence[str], reference_outputs: Sequence[str],
+                      model_outputs: Sequence[str], *, reference_name: str, model_name: str, judge_name: str,
+                      **kwargs) -> list[dict]:
     """Annotations shaped like alpaca_eval's ``annotations.json`` (reference = ``output_1``, model = ``output_2``)."""
     prefs = judge_preferences(judge, tokenizer, instructions, reference_outputs, model_outputs, **kwargs)
     return [

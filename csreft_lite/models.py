@@ -166,11 +166,8 @@ def _check_cache(target: Path) -> None:
             )
 
 
-def load_course_model(
-    dtype: torch.dtype | str = torch.float32,
-    device: torch.device | str | None = "cpu",
-    rebuild_cache: bool = False,
-):
+def load_course_model(dtype: torch.dtype | str = torch.float32, device: torch.device | str | None = "cpu",
+                      rebuild_cache: bool = False):
     """Return ``(model, tokenizer)`` for SmolLM2-135M-Instruct, offline.
 
     The first call builds the cache (about 20 s); later calls load it in seconds.
@@ -196,12 +193,8 @@ def load_course_model(
     return _finish(model, tokenizer, COURSE_MODEL_NAME)
 
 
-def load_model(
-    name_or_path: str | os.PathLike,
-    dtype: torch.dtype | str | None = None,
-    device: torch.device | str | None = "auto",
-    **kwargs,
-):
+def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | str | None = None,
+               device: torch.device | str | None = "auto", **kwargs):
     """Return ``(model, tokenizer)`` for a hub id (``"meta-llama/Llama-2-7b-hf"``) or a local folder.
 
     ``dtype`` defaults to the checkpoint's own; ``device="auto"`` picks CUDA when present.

@@ -216,9 +216,8 @@ def get_skill(name: str) -> Skill:
     return SKILLS[name]
 
 
-def make_examples(
-    skills: Sequence[str] | None = None, n_per_skill: int = 32, split: str = "train", seed: int = 0
-) -> list[Example]:
+def make_examples(skills: Sequence[str] | None = None, n_per_skill: int = 32, split: str = "train",
+                  seed: int = 0) -> list[Example]:
     """``n_per_skill`` examples of each skill (all by default), shuffled together deterministically."""
     names = list(SKILLS) if skills is None else list(skills)
     if isinstance(skills, str) or not names:
