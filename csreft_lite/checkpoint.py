@@ -219,10 +219,8 @@ def check_state(file: Path, state: Mapping[str, torch.Tensor], ours: Mapping[str
     bad = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in ours.items() if k in state and state[k].shape != v.shape]
     missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
     if bad or missing or unexpected:
-        raise CheckpointError(
-            f"The weights in {file} do not fit {fit}: shape mismatches {bad or 'none'}; missing "
-            f"{missing or 'none'}; unexpected {unexpected or 'none'}. {fix}"
-        )
+        raise CheckpointError(f"The weights in {file} do not fit {fit}: shape mismatches {bad or 'none'}; missing "
+                              f"{missing or 'none'}; unexpected {unexpected or 'none'}. {fix}")
 
 
 # ---------------------------------------------------------------- training state (train(checkpoint_dir=...))

@@ -107,15 +107,6 @@ def judge_annotations(judge, tokenizer, instructions: Sequence[str], reference_o
                       **kwargs) -> list[dict]:
     """Annotations shaped like alpaca_eval's ``annotations.json`` (reference = ``output_1``, model = ``output_2``)."""
     prefs = judge_preferences(judge, tokenizer, instructions, reference_outputs, model_outputs, **kwargs)
-    return [
-        {
-            "instruction": i,
-            "output_1": r,
-            "generator_1": reference_name,
-            "output_2": m,
-            "generator_2": model_name,
-            "annotator": f"local_judge:{judge_name}",
-            "preference": p,
-        }
-        for i, r, m, p in zip(instructions, reference_outputs, model_outputs, prefs)
-    ]
+    return [{"instruction": i, "output_1": r, "generator_1": reference_name, "output_2": m, "generator_2": model_name,
+             "annotator": f"local_judge:{judge_name}", "preference": p}
+            for i, r, m, p in zip(instructions, reference_outputs, model_outputs, prefs)]

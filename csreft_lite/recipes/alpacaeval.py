@@ -301,12 +301,8 @@ def alpaca_eval_records(rows: Sequence[dict]) -> list[dict]:
     for row in rows:
         if "instruction" not in row:
             raise ValueError(f"An AlpacaEval row needs 'instruction'; got keys {sorted(row)}.")
-        out.append({
-            "instruction": row["instruction"],
-            "output": row.get("output", ""),
-            "generator": row.get("generator", "reference"),
-            "dataset": row.get("dataset", "unknown"),
-        })
+        out.append({"instruction": row["instruction"], "output": row.get("output", ""),
+                    "generator": row.get("generator", "reference"), "dataset": row.get("dataset", "unknown")})
     return out
 
 
