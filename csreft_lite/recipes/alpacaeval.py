@@ -6,16 +6,11 @@
     python -m csreft_lite.recipes.alpacaeval --config configs/alpacaeval_llama2_7b.yaml --epochs 3
     accelerate launch -m csreft_lite.recipes.alpacaeval --config configs/alpacaeval_llama2_7b.yaml   # several GPUs
 
-Where the configuration comes from. The CS-ReFT paper (arXiv 2503.10617) states k = 4 subspaces and
-one router ρ = Router(x), d → d/2 (ReLU) → 4 (sigmoid), with a 0.5 threshold for hard gating; it does not state the
-layers, positions, rank, data, learning rate or epochs, so those come from the LoReFT AlpacaEval
-recipe (ReFT paper §4.4 and App. D): UltraFeedback, layers 3;9;18;24, rank 4, positions f5+l5 with
-untied weights, AdamW lr 9e-4 without weight decay, linear schedule, 9 epochs, effective batch 128,
-max length 768, bf16, the Alpaca no-input template, greedy decoding with no_repeat_ngram_size 5 and
-repetition penalty 1.1, and AlpacaEval 1.0 (GPT-4 judge against text-davinci-003).
-
-The paper's released code does not run its interventions, so there is no reference
-implementation to match: this recipe implements the paper's equations (``csreft_lite.CSReFT``).
+Where the configuration (``RecipeConfig``'s defaults) comes from: the CS-ReFT paper (arXiv 2503.10617) states k = 4
+subspaces and one router ρ = Router(x), d → d/2 (ReLU) → 4 (sigmoid, 0.5 threshold for hard gating); what it leaves
+open (layers, positions, rank, data, optimiser, decoding, judge) comes from the LoReFT AlpacaEval recipe (ReFT paper
+§4.4 and App. D). The paper's released code does not run its interventions, so there is no reference implementation
+to match: this recipe implements the paper's equations (``csreft_lite.CSReFT``).
 
 Smoke mode (automatic without CUDA, or ``--smoke``) runs the same functions with the course model
 (SmolLM2-135M-Instruct), the ~40 training examples and 6 eval prompts shipped inside the package
