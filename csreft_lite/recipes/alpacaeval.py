@@ -80,7 +80,7 @@ class RecipeConfig:
     max_train_examples: int | None = None  # e.g. 1000 for the LoReFT paper's 1K ablation
     template: str = "auto"  # the model's own: Alpaca no-input for Llama-2-7b-hf (no chat template), chat template otherwise
     max_length: int = 768
-    # optimisation
+    # optimisation: the LoReFT recipe
     lr: float = 9e-4
     weight_decay: float = 0.0
     schedule: str = "linear"
@@ -94,7 +94,7 @@ class RecipeConfig:
     output_dir: str = "runs/alpacaeval_llama2_7b"
     save_every: int = 50  # optimiser steps between checkpoints
     resume: bool = True  # continue from output_dir/checkpoint when it holds one
-    # AlpacaEval
+    # AlpacaEval: the LoReFT recipe's decoding, AlpacaEval 1.0 (GPT-4 vs text-davinci-003) by default
     eval_dataset: str = "tatsu-lab/alpaca_eval"  # 805 instructions (AlpacaEval 1.0's "eval" split), or a .json file
     max_eval_examples: int | None = None
     eval_batch_size: int = 16
