@@ -126,13 +126,11 @@ class CSReFT(nn.Module):
     def freeze_subspaces(self, *indices: int) -> None:
         """Stop training these subspaces (e.g. a skill learned earlier), exactly, while the others go on learning.
 
-        Their ``R``, ``W`` and ``b`` then stay bit for bit as they are, whatever the optimiser (weight decay,
-        moments from earlier steps): their parameters stop requiring gradients and enter every pass detached,
-        so an optimiser never steps them. Gates alone would not protect a subspace, because the bases are
-        orthonormalised together and QR turns each row against the rows before it: frozen bases therefore go
-        first in that order (their rows replaced by the basis they already span, so nothing moves now), and the
-        trainable ones are orthonormalised against them. The frozen indices are part of ``config()``, so a
-        checkpoint keeps them.
+        Their ``R``, ``W`` and ``b`` stay bit for bit, whatever the optimiser (weight decay, earlier moments): their
+        parameters stop requiring gradients and enter every pass detached. Gates alone would not protect a subspace:
+        the bases are orthonormalised together, and QR turns each row against the rows before it, so frozen bases go
+        first in that order (their rows replaced by the basis they already span: nothing moves now) and the trainable
+        ones are orthonormalised against them. ``config()`` keeps the frozen indices, and so does a checkpoint.
         """
         for i in indices:
             if not isinstance(i, int) or not 0 <= i < self.n_subspaces:
