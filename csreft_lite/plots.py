@@ -61,9 +61,7 @@ def loss_curve(losses, ax=None, title: str = "Training loss", label: str | None 
     """One value per optimiser step (one objective per axis: give another ``ylabel`` for another quantity)."""
     fig, ax = new_axes(ax)
     ax.plot(range(1, len(losses) + 1), losses, label=label)
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set(xlabel="optimiser step", ylabel=ylabel, title=title)
     if label:
         ax.legend()
     fig.tight_layout()
@@ -86,12 +84,9 @@ def accuracy_bars(results, skills=None, ax=None, title: str = "Held-out accuracy
             if v != v:  # NaN: this method has no score for the skill
                 continue
             ax.text(x, v + 1, f"{v:.3g}", ha="center", va="bottom", fontsize=7.5, color=bars.patches[0].get_facecolor())
-    ax.set_xticks(range(len(skills)))
-    ax.set_xticklabels(skills)
+    ax.set_xticks(range(len(skills)), skills)
     ax.set_ylim(0, 112)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_xlabel("skill (held-out prompts)")
-    ax.set_title(title)
+    ax.set(ylabel="accuracy (%)", xlabel="skill (held-out prompts)", title=title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig
@@ -107,18 +102,14 @@ def heatmap(matrix, row_labels, col_labels, ax=None, title: str = "", xlabel: st
     fig, ax = new_axes(ax)
     image = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     long = max(len(str(c)) for c in col_labels) > 6
-    ax.set_xticks(range(m.shape[1]))
-    ax.set_xticklabels(col_labels, rotation=30 if long else 0, ha="right" if long else "center")
-    ax.set_yticks(range(m.shape[0]))
-    ax.set_yticklabels(row_labels)
+    ax.set_xticks(range(m.shape[1]), col_labels, rotation=30 if long else 0, ha="right" if long else "center")
+    ax.set_yticks(range(m.shape[0]), row_labels)
     lo, hi = (np.nanmin(m) if vmin is None else vmin), (np.nanmax(m) if vmax is None else vmax)
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
             dark = (m[i, j] - lo) < 0.6 * (hi - lo)
             ax.text(j, i, fmt.format(m[i, j]), ha="center", va="center", fontsize=9, color="white" if dark else "black")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     fig.colorbar(image, ax=ax, label=colorbar, pad=0.03)
     fig.tight_layout()
     return fig
@@ -137,9 +128,7 @@ def layer_lines(xs, series: dict, ax=None, title: str = "", xlabel: str = "layer
         ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     if len(series) > 1:
         ax.legend()
     ax.grid(alpha=0.3)
@@ -205,9 +194,8 @@ def _side_view(ax, R, arrows, h, edited, lim):
     heights = [vec @ normal for vec, _, _ in arrows]
     ax.set_xlim(-lim, lim), ax.set_ylim(min(-0.3, 1.2 * min(heights)), max(0.3, 1.2 * max(heights)))
     ax.set_aspect("equal")
-    ax.set_xlabel("along the plane (the edit's direction)")
-    ax.set_ylabel("distance from the plane")
-    ax.set_title("Side view: the edit moves h parallel to the plane")
+    ax.set(xlabel="along the plane (the edit's direction)", ylabel="distance from the plane",
+           title="Side view: the edit moves h parallel to the plane")
     ax.legend(loc="lower right", fontsize="small")
     ax.grid(alpha=0.3)
 
@@ -259,9 +247,7 @@ def forgetting_curves(curves: dict, switch: int, ax=None, title: str = "Does lea
     top = ax.get_ylim()[1]
     ax.text(switch / 2, top, phases[0], ha="center", va="top", fontsize=9, color="grey")
     ax.text(switch * 1.5, top, phases[1], ha="center", va="top", fontsize=9, color="grey")
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set(xlabel="optimiser step", ylabel=ylabel, title=title)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
