@@ -251,12 +251,10 @@ def alpaca_eval(model_outputs: str | Path, output_dir: str | Path, judge: str = 
                 reference_outputs: str | Path | None = None, judge_model: str | None = None) -> dict:
     """Score a ``model_outputs`` file with alpaca_eval's own evaluator and judge prompt; returns what the number is.
 
-    ``judge``: ``"alpaca_eval_1"`` (the ReFT and CS-ReFT papers: GPT-4 vs text-davinci-003, raw win rate) or
-    ``"alpaca_eval_2"`` (the field since 2024: GPT-4-Turbo vs gpt4_turbo, length-controlled win rate). The judge is
-    called through the OpenAI client, so ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` choose the server; ``judge_model``
-    asks that server for another model (an open one behind vLLM, say), which makes the number incomparable.
-    ``reference_outputs``: a local file instead of the official references (downloaded once, then cached).
-    The judge's verdicts are cached in ``output_dir``: scoring the same outputs again costs no request.
+    ``judge``: a key of ``ALPACA_EVAL_JUDGES`` (1.0, the papers' raw win rate; 2.0, the field's length-controlled one
+    since 2024). ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` choose the judge's server; ``judge_model`` asks it for
+    another model (an open one behind vLLM, say), which makes the number incomparable. ``reference_outputs``: a local
+    file instead of the official references. Verdicts are cached in ``output_dir``: scoring again costs no request.
     """
     import os
     import warnings
