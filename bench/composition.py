@@ -28,8 +28,11 @@ of *training* words (a 3×3 grid over 0.5, 0.75, 1.0, the calibration of ``/work
   (edits trained to work at partial strength and next to a little of the others);
 - ``pair1``: ``labels`` plus 32 composed prompts of lowercase+plural (training words) with both gates open:
   lowercase+plural is a seen pair on new words, lowercase+first_letter a held-out pair;
-- ``shared``, ``shared_pair1``: one LoReFT of the same parameter count (rank 12) on the same data as ``labels`` /
-  ``pair1``, no gates: what reading the prompt does without subspaces.
+- ``pair2``: ``labels`` plus 32 composed prompts of each of the two pairs (both seen pairs, tested on new words);
+- ``open_pair2``: ``pair2``, every other subspace also open with probability 0.5 on each example (drawn once per
+  example): open gates that the prompt does not ask for must not change the answer;
+- ``shared``, ``shared_pair1``, ``shared_pair2``: one LoReFT of the same parameter count (rank 12) on the same data
+  as ``labels`` / ``pair1`` / ``pair2``, no gates: what reading the prompt does without subspaces.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ SKILLS = ["lowercase", "first_letter", "plural"]
 PAIRS = [("lowercase", "plural"), ("lowercase", "first_letter")]
 GRID = [0.5, 0.75, 1.0]
 SEQUENTIAL = ["seq_shared4", "seq_shared8", "seq_orth_frozen", "seq_orth_free", "seq_indep"]
-COMPOSE = ["labels", "indep", "coact", "halfgates", "pair1", "shared", "shared_pair1"]
+COMPOSE = ["labels", "indep", "coact", "halfgates", "pair1", "pair2", "open_pair2", "shared", "shared_pair1", "shared_pair2"]
 REGIMES = SEQUENTIAL + COMPOSE
 MAX_NEW = 8
 RUNS = Path(__file__).with_name("composition_runs")
@@ -125,9 +128,10 @@ def training_records(regime: str, seed: int, tasks) -> list[tuple]:
     k, st = len(SKILLS), SMALL
     rng = random.Random(f"gates/{regime}/{seed}")
     data = tasks.make_dataset(SKILLS, st["n_train"], "train", seed)
-    if regime.endswith("pair1"):
-        data = data + tasks.compose(*PAIRS[0], n=st["n_train"], seed=seed, split="train")
-        random.Random(f"pair1/{seed}").shuffle(data)
+    n_pairs = int(regime[-1]) if regime[-5:-1] == "pair" else 0  # pair1: lowercase+plural; pair2: both pairs
+    if n_pairs:
+        data = data + [e for p in PAIRS[:n_pairs] for e in tasks.compose(*p, n=st["n_train"], seed=seed, split="train")]
+        random.Random(f"pair{n_pairs}/{seed}").shuffle(data)
     records = []
     for e in data:
         parts = e.skill.split("+")
@@ -138,6 +142,8 @@ def training_records(regime: str, seed: int, tasks) -> list[tuple]:
         if regime == "coact":
             other = rng.choice([i for i in range(k) if SKILLS[i] not in parts])
             g[other] = 1.0
+        elif regime == "open_pair2":
+            g = [1.0 if s in parts or rng.random() < 0.5 else 0.0 for s in SKILLS]
         elif regime == "halfgates":
             g = [rng.uniform(0.5, 1.0) if s in parts else rng.uniform(0.0, 0.25) for s in SKILLS]
         records.append((e, g))
