@@ -245,6 +245,20 @@ def compose(a: str, b: str, n: int, seed: int = 0, split: str = "test") -> list[
     ]
 
 
+def skill_gates(example: Example, skills: Sequence[str]) -> list[float]:
+    """CS-ReFT gates for a training record: 1 for each of ``skills`` the example asks for, 0 for the others.
+
+    A single-skill example opens its skill's subspace; a ``compose`` example ("lowercase+plural") opens both of its
+    skills' subspaces, so the *sum* of the two edits is trained to answer both (``bench/composition.py``, regimes
+    ``pair1``/``pair2``; notebook 04, section 7). It teaches the pairs it is given composed examples of, on new words.
+    """
+    parts = example.skill.split("+")
+    unknown = [p for p in parts if p not in skills]
+    if unknown:
+        raise ValueError(f"Example of skill {example.skill!r} asks for {unknown}, which are not among the gated skills {list(skills)}.")
+    return [1.0 if s in parts else 0.0 for s in skills]
+
+
 def score(predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
     """Accuracy per skill (in order of first appearance) and ``"mean"``, their unweighted mean."""
     if len(predictions) != len(examples):

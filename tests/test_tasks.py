@@ -190,3 +190,13 @@ def test_composed_parts_says_which_half_of_a_composed_question_a_reply_answers()
         tasks.composed_parts(["x"], get_skill("plural").generate(1))
     with pytest.raises(ValueError, match="pair up"):
         tasks.composed_parts(["x"], garden)
+
+
+def test_skill_gates_open_the_skills_an_example_asks_for():
+    skills = ["lowercase", "first_letter", "plural"]
+    single = tasks.get_skill("plural").generate(1, "train", 0)[0]
+    composed = tasks.compose("lowercase", "plural", n=1, split="train")[0]
+    assert tasks.skill_gates(single, skills) == [0.0, 0.0, 1.0]
+    assert tasks.skill_gates(composed, skills) == [1.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="not among the gated skills"):
+        tasks.skill_gates(tasks.compose("uppercase", "plural", n=1)[0], skills)
