@@ -277,34 +277,36 @@ def tables(runs: dict) -> str:
 
 
 def figure(runs: dict, path: Path) -> None:
+    """Per composable pair, each regime's isolation (single skills with every gate open; a shared LoReFT has no gates:
+    its plain accuracy) against composition ("both" with the pair's gates at 1, and at calibrated scales), mean ± std."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     comp = [r for r in COMPOSE if r in runs]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
-    markers = {"1,1": "o", "calibrated": "^"}
-    for i, reg in enumerate(comp):
-        rs = [runs[reg][s]["result"] for s in sorted(runs[reg])]
-        x = 100 * statistics.mean(statistics.mean(r["all open"].values()) for r in rs)
-        for how, m in markers.items():
-            ys = [r["composed"]["lowercase+plural"][how] for r in rs]
-            if any(y is None for y in ys):
-                continue
-            y = 100 * statistics.mean(ys)
-            ax.errorbar(x, y, yerr=100 * (statistics.stdev(ys) if len(ys) > 1 else 0), fmt=m, color=f"C{i}", capsize=2,
-                        label=f"{reg} ({how})" if how == "1,1" or reg != "shared" else None, ms=7)
-        ax.annotate(reg, (x, 100 * statistics.mean(r["composed"]["lowercase+plural"]["1,1"] for r in rs)), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("isolation: single skills with every gate open (%)")
-    ax.set_ylabel("composition: lowercase+plural, both (%)")
-    ax.set_xlim(-3, 103)
-    ax.set_ylim(-3, 103)
-    ax.grid(lw=0.3)
-    ax.set_title("Isolation against composition (o: gates 1,1; ^: calibrated scales)", fontsize=9)
-    n = sorted({len(runs[r]) for r in comp})
-    fig.suptitle(f"Course model, mean ± std over {n} seeds", fontsize=9)
+    fig, axes = plt.subplots(1, len(PAIRS), figsize=(11, 4.4), dpi=100, sharey=True)
+    for ax, pair in zip(axes, ["+".join(p) for p in PAIRS]):
+        for i, reg in enumerate(comp):
+            rs = [runs[reg][s]["result"] for s in sorted(runs[reg])]
+            xs = [100 * statistics.mean(r["all open"].values()) for r in rs]
+            x, xe = statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0
+            for how, m in (("1,1", "o"), ("calibrated", "^")):
+                ys = [r["composed"][pair][how] for r in rs]
+                if any(y is None for y in ys):
+                    continue
+                ys = [100 * y for y in ys]
+                ax.errorbar(x, statistics.mean(ys), xerr=xe, yerr=statistics.stdev(ys) if len(ys) > 1 else 0, fmt=m,
+                            color=f"C{i}", capsize=2, ms=7, alpha=1 if how == "1,1" else 0.5,
+                            label=f"{reg} ({len(rs)} seeds)" if how == "1,1" else None)
+        ax.set_xlabel("isolation: single skills with every gate open (%)")
+        ax.set_title(f"{pair} (o: gates 1,1; ^: calibrated scales)", fontsize=9)
+        ax.set_xlim(-3, 103)
+        ax.set_ylim(-3, 103)
+        ax.grid(lw=0.3)
+    axes[0].set_ylabel("composition: held-out prompts answered with both skills (%)")
+    axes[-1].legend(fontsize=7, loc="center right")
+    fig.suptitle("Course model (SmolLM2-135M), mean ± std over seeds; a shared LoReFT has no gates (x: its accuracy)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
