@@ -24,8 +24,6 @@ of *training* words (a 3×3 grid over 0.5, 0.75, 1.0, the calibration of ``/work
 - ``labels``: one CS-ReFT subspace per skill, the skill label as gate in training (today's course);
 - ``indep``: the same with ``SeparateBases`` (no orthogonality between subspaces): the control for orthogonality;
 - ``coact``: ``labels``, each example also opening one random other subspace (co-activation);
-- ``halfgates``: ``labels``, each example's own gate drawn from U[0.5, 1] and the others from U[0, 0.25]
-  (edits trained to work at partial strength and next to a little of the others);
 - ``pair1``: ``labels`` plus 32 composed prompts of lowercase+plural (training words) with both gates open:
   lowercase+plural is a seen pair on new words, lowercase+first_letter a held-out pair;
 - ``pair2``: ``labels`` plus 32 composed prompts of each of the two pairs (both seen pairs, tested on new words);
@@ -59,7 +57,7 @@ SKILLS = ["lowercase", "first_letter", "plural"]
 PAIRS = [("lowercase", "plural"), ("lowercase", "first_letter")]
 GRID = [0.5, 0.75, 1.0]
 SEQUENTIAL = ["seq_shared4", "seq_shared8", "seq_orth_frozen", "seq_orth_free", "seq_indep"]
-COMPOSE = ["labels", "indep", "coact", "halfgates", "pair1", "pair2", "open_pair2", "shared", "shared_pair1", "shared_pair2"]
+COMPOSE = ["labels", "indep", "coact", "pair1", "pair2", "open_pair2", "shared", "shared_pair1", "shared_pair2"]
 REGIMES = SEQUENTIAL + COMPOSE
 MAX_NEW = 8
 RUNS = Path(__file__).with_name("composition_runs")
@@ -144,8 +142,6 @@ def training_records(regime: str, seed: int, tasks) -> list[tuple]:
             g[other] = 1.0
         elif regime == "open_pair2":
             g = [1.0 if s in parts or rng.random() < 0.5 else 0.0 for s in SKILLS]
-        elif regime == "halfgates":
-            g = [rng.uniform(0.5, 1.0) if s in parts else rng.uniform(0.0, 0.25) for s in SKILLS]
         records.append((e, g))
     return records
 
