@@ -244,6 +244,27 @@ def compose(a: str, b: str, n: int, seed: int = 0, split: str = "test") -> list[
     ]
 
 
+def skill_gates(example: Example, skills: Sequence[str], extra: float = 0.0, rng: random.Random | None = None) -> list[float]:
+    """CS-ReFT gates for a training record: 1 for each of ``skills`` the example asks for; each other gate 1 with
+    probability ``extra`` (drawn from ``rng``), else 0.
+
+    A single-skill example opens its skill's subspace; a ``compose`` example ("lowercase+plural") opens both of its
+    skills' subspaces, so the *sum* of the two edits is trained to answer both. ``extra`` > 0 also opens, at random,
+    gates the example does not ask for, so that an open subspace learns to leave prompts it does not serve alone.
+    With composed examples of each pair and ``extra=0.5``, ``bench/composition.py`` (regime ``open_pair2``) and
+    notebook 04 (section 7) compose the pairs taught on new words; a pair never shown composed does not compose.
+    """
+    parts = example.skill.split("+")
+    unknown = [p for p in parts if p not in skills]
+    if unknown:
+        raise ValueError(f"Example of skill {example.skill!r} asks for {unknown}, which are not among the gated skills {list(skills)}.")
+    if not 0.0 <= extra <= 1.0:
+        raise ValueError(f"extra is a probability, between 0 and 1; got {extra!r}.")
+    if extra and rng is None:
+        raise ValueError("skill_gates(..., extra > 0) draws the extra gates from rng: pass rng=random.Random(seed).")
+    return [1.0 if s in parts else float(bool(extra) and rng.random() < extra) for s in skills]
+
+
 def score(predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
     """Accuracy per skill (in order of first appearance) and ``"mean"``, their unweighted mean."""
     if len(predictions) != len(examples):

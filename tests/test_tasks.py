@@ -190,3 +190,28 @@ def test_composed_parts_says_which_half_of_a_composed_question_a_reply_answers()
         tasks.composed_parts(["x"], get_skill("plural").generate(1))
     with pytest.raises(ValueError, match="pair up"):
         tasks.composed_parts(["x"], garden)
+
+
+def test_skill_gates_open_the_skills_an_example_asks_for():
+    skills = ["lowercase", "first_letter", "plural"]
+    single = tasks.get_skill("plural").generate(1, "train", 0)[0]
+    composed = tasks.compose("lowercase", "plural", n=1, split="train")[0]
+    assert tasks.skill_gates(single, skills) == [0.0, 0.0, 1.0]
+    assert tasks.skill_gates(composed, skills) == [1.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="not among the gated skills"):
+        tasks.skill_gates(tasks.compose("uppercase", "plural", n=1)[0], skills)
+
+
+def test_skill_gates_open_other_gates_at_random_when_asked():
+    import random
+
+    skills = ["lowercase", "first_letter", "plural"]
+    examples = tasks.make_dataset(skills, 32, "train", 0)
+    rng = random.Random(0)
+    gates = [tasks.skill_gates(e, skills, extra=0.5, rng=rng) for e in examples]
+    assert all(g[skills.index(e.skill)] == 1.0 for e, g in zip(examples, gates))
+    others = [v for e, g in zip(examples, gates) for s, v in zip(skills, g) if s != e.skill]
+    assert 0.35 < sum(others) / len(others) < 0.65 and set(others) == {0.0, 1.0}
+    assert gates == [tasks.skill_gates(e, skills, extra=0.5, rng=random.Random(0)) for e in examples[:1]] + gates[1:]
+    with pytest.raises(ValueError, match="pass rng"):
+        tasks.skill_gates(examples[0], skills, extra=0.5)
