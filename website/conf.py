@@ -42,14 +42,17 @@ nb_execution_timeout = 900  # seconds per cell; notebook 03's longest cell takes
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_merge_streams = True
+# The kernels inherit this: no download progress bars (a widget per dataset split) in the pages.
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 myst_enable_extensions = ["dollarmath", "amsmath"]
 myst_heading_anchors = 3
 
 # Widgets: their scripts come from website/_static/vendor (scripts/fetch_site_js.sh, from npm), never a CDN.
+# (Core widgets only: embed-amd.js bundles them, so it never asks a CDN for a module.) Paths are under _static.
 nb_ipywidgets_js = {
-    "_static/widgets-offline.js": {},
-    "_static/vendor/require.js": {},
-    "_static/vendor/html-manager/embed-amd.js": {"data-jupyter-widgets-cdn": "_static/vendor/"},
+    "widgets-offline.js": {},
+    "vendor/require.js": {},
+    "vendor/html-manager/embed-amd.js": {},
 }
 
 html_theme = "sphinx_book_theme"
@@ -89,6 +92,16 @@ def _repo_file_links(app, doctree, docname):
         node.replace_self(ref)
 
 
+def _every_notebook_ran(app, env):
+    """Fail the build on a notebook page whose code never ran (execution off, or nothing cached for it)."""
+    from myst_nb.sphinx_ import NbMetadataCollector
+
+    for name in NOTEBOOKS:
+        data = NbMetadataCollector.get_exec_data(env, f"notebooks/{name}")
+        if not data or not data.get("succeeded") or data.get("method") not in ("cache", "auto", "force"):
+            raise RuntimeError(f"notebooks/{name}.ipynb: its code did not run for the site ({data!r})")
+
+
 def _index_redirect(app, exception):
     """GitHub Pages serves index.html: send it to the landing page."""
     if exception is None and app.builder.name == "html":
@@ -101,4 +114,5 @@ def _index_redirect(app, exception):
 def setup(app):
     app.connect("source-read", _add_toctree)
     app.connect("doctree-resolved", _repo_file_links)
+    app.connect("env-check-consistency", _every_notebook_ran)
     app.connect("build-finished", _index_redirect)
