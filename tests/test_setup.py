@@ -305,3 +305,12 @@ def test_a_built_wheel_ships_the_smoke_data_and_the_recipe_finds_it(tmp_path):
     out = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, check=True, capture_output=True, text=True).stdout
     for line in out.split():
         assert Path(line).is_relative_to(tmp_path / "site"), f"{line} is not inside the installed wheel"
+
+
+def test_readme_colab_links_open_notebooks_that_exist():
+    """Every Open-in-Colab link in the README opens a notebook of this repository, at the release."""
+    prefix = f"https://colab.research.google.com/github/{colab.REPO_URL.removeprefix('https://github.com/')}/blob/{colab.RELEASE}/"
+    links = re.findall(r"\((https://colab\.research\.google\.com/[^)]+)\)", (ROOT / "README.md").read_text())
+    assert len(links) >= len(NOTEBOOKS)
+    for link in links:
+        assert link.startswith(prefix) and (ROOT / link.removeprefix(prefix)).is_file(), link
