@@ -105,7 +105,8 @@ def test_ci_runs_exactly_the_readme_test_command_first():
     lines = [line for line in (ROOT / ".ci/run").read_text().splitlines() if line and not line.startswith("#")]
     assert "set -euo pipefail" in lines, "every step must fail CI when it fails"
     steps = [line for line in lines if line.startswith(("make ", "exec ", "bash "))]
-    assert steps == ["make test", "make test-transformers4"], "the README's command first, then the transformers 4.x job"
+    assert steps == ["make test", "make site", "make test-site", "make test-transformers4"], (
+        "the README's command first, then the website and its browser test, then the transformers 4.x job")
     assert "make test-transformers4" in readme and "test-transformers4:" in (ROOT / "Makefile").read_text()
 
 
