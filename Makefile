@@ -1,6 +1,7 @@
 # CS-ReFT from scratch.
 #   make lab    set up .venv (first time only) and open the course in JupyterLab
 #   make test   set up .venv (first time only) and run every test and every notebook
+#   make site   set up .venv (first time only) and build the course's website into build/site (notebooks executed, cached)
 # Variables: VENV (default .venv), PYTHON (interpreter for the venv), JUPYTER_ARGS, PYTEST_ARGS.
 
 VENV ?= .venv
@@ -9,13 +10,17 @@ JUPYTER_ARGS ?=
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.csreft-installed
 
-.PHONY: help setup lab test test-fast test-transformers4 sync-notebooks constraints clean
+SITE_DIR ?= build/site
+
+.PHONY: help setup lab test test-fast test-transformers4 sync-notebooks constraints clean site test-site clean-site
 
 help:
 	@echo "make lab         open the course in JupyterLab (sets up $(VENV) first)"
 	@echo "make test        unit tests and every notebook (sets up $(VENV) first)"
 	@echo "make test-fast   unit tests only, without the course model"
 	@echo "make test-transformers4   tests/ on each transformers 4.x that CI runs, each in its own venv"
+	@echo "make site        build the course's website into $(SITE_DIR) (runs each changed notebook once)"
+	@echo "make test-site   open the built website in headless Chromium and check every page"
 	@echo "make setup       only build $(VENV)"
 	@echo "make clean       remove $(VENV), the .venv-transformers-* venvs and build leftovers"
 
@@ -44,7 +49,24 @@ test-fast: setup
 test-transformers4:
 	PYTHON="$(PYTHON)" PYTEST_ARGS="$(PYTEST_ARGS)" bash scripts/test_transformers4.sh
 
-# Make the first code cell of every notebook the Colab set-up cell (csreft_lite/colab.py).
+# The website: the README, the notebooks executed (MyST-NB; results cached in .jupyter_cache, so a rebuild
+# re-runs only a notebook whose code changed), the API reference. Any warning, cell error or broken link fails it.
+# The widget scripts come from npm once (scripts/fetch_site_js.sh); the build itself needs no network.
+site: setup
+	bash scripts/fetch_site_js.sh
+	"$(VENV)/bin/sphinx-build" -b html -c website -W --keep-going -q . "$(SITE_DIR)"
+	@echo "the website: $(SITE_DIR)/index.html"
+
+# Headless Chromium (Debian: apt-get install chromium chromium-driver) reads every page of the built site.
+test-site: setup
+	SITE_DIR="$(SITE_DIR)" "$(VENV)/bin/python" -m pytest -p no:nbval -o addopts="-ra" tests/test_site.py $(PYTEST_ARGS)
+
+# Remove the built pages but keep the execution cache (.jupyter_cache), so the next build runs no notebook.
+clean-site:
+	rm -rf "$(SITE_DIR)"
+
+# Make the first cell of every notebook its Colab/website links and the first code cell the Colab set-up cell
+# (csreft_lite/colab.py).
 sync-notebooks: setup
 	"$(VENV)/bin/python" -m csreft_lite.colab --sync-notebooks notebooks/
 

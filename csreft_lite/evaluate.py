@@ -49,7 +49,7 @@ def generate_answers(model, tokenizer, instructions: Sequence, *, max_new_tokens
 
 
 def skill_accuracy(model, tokenizer, examples: Sequence, *, max_new_tokens: int = 16, batch_size: int = 32, **kwargs) -> dict[str, float]:
-    """Held-out accuracy per skill (and the mean) of ``tasks.Example``s, by greedy generation."""
+    """Held-out accuracy per skill (and the mean) of a list of ``tasks.Example``, by greedy generation."""
     from .tasks import score
 
     predictions = generate_answers(

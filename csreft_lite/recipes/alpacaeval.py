@@ -268,6 +268,7 @@ def ultrafeedback_records(rows: Sequence[dict]) -> list[dict]:
     - ``HuggingFaceH4/ultrafeedback_binarized`` (split ``train_sft``): ``{"prompt", "chosen": [messages]}``;
       its ``chosen`` reply is also the highest-rated completion.
     - Rows that already are ``{"instruction", "output"}`` pass through.
+
     Rows without a usable response are skipped.
     """
     records = []
@@ -482,7 +483,7 @@ def local_judge_score(config: RecipeConfig, eval_records: list[dict], outputs: l
 
 def references(config: RecipeConfig) -> str | None:
     """The AlpacaEval judges' references: ``reference_outputs``, else the judge's official ones when ``eval_dataset``
-    is AlpacaEval itself (None), else ``eval_dataset``'s own ``output``s (smoke: the shipped references)."""
+    is AlpacaEval itself (None), else the ``output`` fields of ``eval_dataset`` (smoke: the shipped references)."""
     return config.reference_outputs or (None if config.eval_dataset == cl_eval.ALPACA_EVAL_REPO else config.eval_dataset)
 
 
