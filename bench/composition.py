@@ -125,7 +125,7 @@ def training_records(regime: str, seed: int, tasks) -> list[tuple]:
     """(example, gates) for every training example of the regime; gates None for the shared LoReFT."""
     k, st = len(SKILLS), SMALL
     rng = random.Random(f"gates/{regime}/{seed}")
-    data = tasks.make_dataset(SKILLS, st["n_train"], "train", seed)
+    data = tasks.make_examples(SKILLS, st["n_train"], "train", seed)
     n_pairs = int(regime[-1]) if regime[-5:-1] == "pair" else 0  # pair1: lowercase+plural; pair2: both pairs
     if n_pairs:
         data = data + [e for p in PAIRS[:n_pairs] for e in tasks.compose(*p, n=st["n_train"], seed=seed, split="train")]

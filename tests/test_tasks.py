@@ -206,7 +206,7 @@ def test_skill_gates_open_other_gates_at_random_when_asked():
     import random
 
     skills = ["lowercase", "first_letter", "plural"]
-    examples = tasks.make_dataset(skills, 32, "train", 0)
+    examples = tasks.make_examples(skills, 32, "train", 0)
     rng = random.Random(0)
     gates = [tasks.skill_gates(e, skills, extra=0.5, rng=rng) for e in examples]
     assert all(g[skills.index(e.skill)] == 1.0 for e, g in zip(examples, gates))
