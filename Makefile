@@ -59,7 +59,7 @@ site: setup
 
 # Headless Chromium (Debian: apt-get install chromium chromium-driver) reads every page of the built site.
 test-site: setup
-	SITE_DIR="$(SITE_DIR)" "$(VENV)/bin/python" -m pytest -p no:nbval -o addopts="-ra" tests/test_site.py $(PYTEST_ARGS)
+	SITE_DIR="$(SITE_DIR)" "$(VENV)/bin/python" -m pytest -p no:nbval -o addopts="-ra" website/test_site.py $(PYTEST_ARGS)
 
 # Remove the built pages but keep the execution cache (.jupyter_cache), so the next build runs no notebook.
 clean-site:
