@@ -6,17 +6,9 @@ import torch
 import csreft_lite as cl
 from csreft_lite.controls import SeparateBases
 
-from .tiny import tiny_llama
+from .tiny import perturbed as _perturbed, tiny_llama
 
 D, R, K = 16, 3, 2
-
-
-def _perturbed(module, seed=0):
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.5 * torch.randn_like(p))
-    return module
 
 
 def test_each_basis_is_orthonormal_but_the_bases_overlap():

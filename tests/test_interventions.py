@@ -7,15 +7,9 @@ import csreft_lite as cl
 from csreft_lite.checkpoint import build
 from csreft_lite.interventions import orthonormal_rows
 
+from .tiny import perturbed as _perturbed
+
 D, R = 16, 3
-
-
-def _perturbed(module, seed=0):
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.5 * torch.randn_like(p))
-    return module
 
 
 def test_loreft_matches_the_formula_computed_independently():

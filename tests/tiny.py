@@ -50,3 +50,12 @@ def randomize(reft, scale: float = 0.3, seed: int = 1) -> None:
     with torch.no_grad():
         for p in reft.parameters():
             p.add_(scale * torch.randn(p.shape, generator=generator))
+
+
+def perturbed(module, seed: int = 0):
+    """``module`` with every parameter moved by 0.5 × N(0, 1) (seeded through torch's global generator)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    return module
