@@ -68,7 +68,7 @@ clean-site:
 # Make the first cell of every notebook its Colab/website links and the first code cell the Colab set-up cell
 # (csreft_lite/colab.py).
 sync-notebooks: setup
-	"$(VENV)/bin/python" -m csreft_lite.colab --sync-notebooks notebooks/
+	"$(VENV)/bin/python" scripts/sync_notebooks.py notebooks/
 
 # Re-pin CI's tested versions from the current environment (torch and the course model are pinned elsewhere).
 constraints: setup

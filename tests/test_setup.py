@@ -1,5 +1,6 @@
 """The repository's promises: its layout, one dependency list in two formats, and the Colab set-up cell."""
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -25,6 +26,9 @@ except ModuleNotFoundError:  # Python 3.10
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+_spec = importlib.util.spec_from_file_location("sync_notebooks", ROOT / "scripts" / "sync_notebooks.py")
+sync_notebooks = importlib.util.module_from_spec(_spec)  # a maintainer's script, not part of the package
+_spec.loader.exec_module(sync_notebooks)
 CONDA_PYTHON = {"python_version": "3.11", "python_full_version": "3.11.0"}  # environment.yml's python
 
 
@@ -226,7 +230,7 @@ def test_setup_cell_on_colab_installs_the_course_and_its_model(pip_calls, monkey
 @pytest.mark.skipif(not NOTEBOOKS, reason="no notebooks yet")
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
 def test_every_notebook_starts_with_its_links_and_the_setup_cell(notebook):
-    assert colab.notebook_is_synced(notebook), f"{notebook.name}: run `make sync-notebooks`"
+    assert sync_notebooks.is_synced(notebook), f"{notebook.name}: run `make sync-notebooks`"
 
 
 @pytest.mark.skipif(not NOTEBOOKS, reason="no notebooks yet")
@@ -254,20 +258,20 @@ def test_sync_notebooks_inserts_replaces_and_keeps_code(tmp_path):
     nb.cells = [nbformat.v4.new_markdown_cell("# Title"), nbformat.v4.new_code_cell("x = 1")]
     path = tmp_path / "01_demo.ipynb"
     nbformat.write(nb, str(path))
-    assert colab.main(["--check", str(tmp_path)]) == 1
+    assert sync_notebooks.main(["--check", str(tmp_path)]) == 1
 
     links = colab.links_cell_source("notebooks/01_demo.ipynb")
-    assert colab.main(["--sync-notebooks", str(tmp_path)]) == 0
+    assert sync_notebooks.main([str(tmp_path)]) == 0
     sources = [cell.source for cell in nbformat.read(str(path), as_version=4).cells]
     assert sources == [links, "# Title", colab.bootstrap_cell_source(), "x = 1"]
-    assert colab.main(["--check", str(tmp_path)]) == 0
-    assert colab.sync_notebook(path) is False  # already synced: file untouched
+    assert sync_notebooks.main(["--check", str(tmp_path)]) == 0
+    assert sync_notebooks.sync(path) is False  # already synced: file untouched
 
     nb = nbformat.read(str(path), as_version=4)  # older set-up and links cells are replaced, not duplicated
     nb.cells[2].source = colab.MARKER + ": an older version"
     nb.cells[0].source = colab.LINKS_MARKER + " an older version"
     nbformat.write(nb, str(path))
-    assert colab.sync_notebook(path) is True
+    assert sync_notebooks.sync(path) is True
     sources = [cell.source for cell in nbformat.read(str(path), as_version=4).cells]
     assert sources == [links, "# Title", colab.bootstrap_cell_source(), "x = 1"]
 
