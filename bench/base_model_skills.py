@@ -1,4 +1,4 @@
-"""How the untrained course model does on each skill of ``csreft_lite.tasks`` (figures for its docstring).
+"""How the untrained course model does on each skill of ``csreft_lite.tasks`` (figures for bench/RESULTS.md).
 
     python bench/base_model_skills.py            # 50 held-out examples per skill, greedy, 12 new tokens
 

@@ -27,24 +27,8 @@ all keeps scores comparable. We forgive only what carries no content: surroundin
 and quotes, and trailing ``.`` or ``!``. A reply must be the answer alone, so "The plural is
 Gardens" fails: stopping is part of the skill (training data ends each answer with EOS).
 
-Untrained course model (SmolLM2-135M-Instruct, Q4_1 dequantized, fp32 CPU), measured
-2026-11-23 by ``bench/base_model_skills.py``: 50 test examples per skill, seed 0, chat template
-with its default system prompt, greedy, max_new_tokens=12. "contains": the answer appears in
-the reply as a whole word (case-sensitive), a hint of what the model knows but will not say alone.
-
-    skill             exact  contains      skill                    exact  contains
-    uppercase            2%       10%      uppercase+plural            0%        0%
-    lowercase            0%        2%      lowercase+plural            0%        0%
-    first_letter         0%        6%      uppercase+first_letter      0%       14%
-    plural               0%        4%      lowercase+first_letter      0%        0%
-    count                0%       20%
-    sentiment            0%       82%      (it says "positive, but also a bit negative")
-
-What an edit can reach differs: ``uppercase`` is the hard one. The model spells poorly in
-capitals (with three worked examples in the prompt it gets 52% of all nouns right; "Dog" ->
-"DOLPHINE"), and a rank-4 LoReFT steers what the model knows, it cannot teach spelling: 56%
-after 50 steps on 100 examples (layers 3, 9, 18, 24; f5+l5; lr 4e-3; batch 10), where
-``lowercase`` reached 100% on the same budget.
+What the untrained course model does on each skill, and why ``uppercase`` is the hard one to reach with an
+edit: bench/RESULTS.md, "The untrained course model on the benchmark" (``bench/base_model_skills.py``).
 """
 
 from __future__ import annotations
