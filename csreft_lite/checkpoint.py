@@ -14,7 +14,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .hooks import Positions, decoder_layers, hidden_size, model_name
+from .architecture import decoder_layers, hidden_size, model_name
+from .hooks import Positions
 from .interventions import CSReFT, DiReFT, LoReFT
 from .routing import Router
 

@@ -1,10 +1,7 @@
-"""From instruction records to batches: prompt templates, labels, prompt lengths, instruction spans, padding.
-
-A record is ``{"instruction": ..., "output": ...}`` or ``{"messages": [...]}`` (ending with the assistant's reply).
-Labels are -100 on the prompt, so only the response is learned. Each example keeps its ``prompt_length`` (positions
-such as ``f5+l5`` count prompt tokens, the same at training and generation) and its ``instruction_span``: the
-instruction's own tokens, without template or chat markers, which the router reads.
-"""
+"""From instruction records (``{"instruction", "output"}`` or chat ``{"messages"}``) to padded batches. Labels are -100
+on the prompt, so only the response is learned. Each example keeps its ``prompt_length`` (positions such as ``f5+l5``
+count prompt tokens, at training and generation alike) and its ``instruction_span``: the instruction's own tokens,
+without template or chat markers, which the router reads."""
 
 from __future__ import annotations
 
@@ -15,6 +12,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 
 from .hooks import Positions, resolve_positions
+from .validate import warn_short_prompts
 
 ALPACA_TEMPLATE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
@@ -138,7 +136,7 @@ def make_dataset(records: Iterable[Mapping], tokenizer, template: str = "auto", 
     if not kept:
         raise ValueError(f"No example fits in max_length={max_length}: every prompt is at least that long.")
     if positions is not None:
-        warn_short_prompts([r["prompt_length"] for r in kept], positions, "")
+        warn_short_prompts([r["prompt_length"] for r in kept], Positions.parse(positions), "")
     return Dataset.from_list([{k: v for k, v in row.items() if k != "truncated"} for row in kept])
 
 
@@ -196,26 +194,6 @@ def prompt_batch(tokenizer, instructions: Sequence, template: str = "auto") -> d
                                              for ids, span in encoded])
     del batch["labels"]
     return batch
-
-
-def warn_short_prompts(prompt_lengths: Sequence[int], positions: "str | Positions", what: str = "training ") -> None:
-    """One warning (pointing at the caller's caller) when prompts are shorter than the positions ask for."""
-    spec = Positions.parse(positions)
-    need = spec.first + spec.last
-    short = [n for n in prompt_lengths if n < need]
-    if spec.all or not short:
-        return
-    n = min(short)
-    both = spec.first and spec.last
-    hint = f"f{n // 2}+l{n // 2}" if both and n >= 2 else f"l{n}" if spec.last else f"f{n}"
-    how = (" The first group takes its tokens first and no token is edited twice, so the last group gets "
-           "what is left, possibly nothing." if both else "")
-    warnings.warn(
-        f"{len(short)} of {len(prompt_lengths)} {what}prompts are shorter than the {need} tokens that positions "
-        f"'{spec}' edits (the shortest has {n}): they get fewer edited positions.{how} If that is not what "
-        f"you want, use fewer positions ('{hint}' fits every prompt) or a longer prompt template.",
-        stacklevel=3,
-    )
 
 
 def show_positions(tokenizer, instruction: str, positions: "str | Positions" = "f5+l5", template: str = "auto") -> list[tuple[int, str]]:

@@ -3,7 +3,8 @@
 A decoder layer's output is the residual stream after that layer, ``[batch, seq, d]``; forward hooks read or
 replace it without touching the model's code. Positions are written like the ReFT paper: ``"f5+l5"`` is the
 first 5 and last 5 tokens of each prompt, ``"l1"`` the last, ``"all"`` every one; they count from each prompt's
-first real token, so padding on either side is fine. (``record`` and ``add_vector``, by hand: residual.py.)
+first real token, so padding on either side is fine. (``record`` and ``add_vector``, by hand: residual.py;
+a model's decoder layers: architecture.py.)
 """
 
 from __future__ import annotations
@@ -15,39 +16,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .architecture import decoder_layers
 from .compat import hidden_of, replace_hidden
 from .validate import check_layers, check_prompt_lengths, check_spans
-
-
-# ---------------------------------------------------------------- a model's decoder layers
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder blocks of a causal LM, found by architecture.
-
-    Looks for the one ``nn.ModuleList`` whose length is ``config.num_hidden_layers``
-    (Llama/Mistral/Qwen2: ``model.layers``; GPT-2: ``transformer.h``; GPT-NeoX:
-    ``gpt_neox.layers``), so new architectures work without a hand-written table.
-    """
-    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    candidates = [(name, m) for name, m in model.named_modules()
-                  if isinstance(m, nn.ModuleList) and len(m) > 0 and (n_layers is None or len(m) == n_layers)]
-    if not candidates:
-        raise ValueError(f"Could not find the decoder layers of {type(model).__name__}: no nn.ModuleList with "
-                         f"config.num_hidden_layers={n_layers} entries. Pass a Hugging Face causal LM.")
-    return min(candidates, key=lambda item: item[0].count("."))[1]  # the shallowest (deeper ones: e.g. per-layer experts)
-
-
-def model_name(model: nn.Module) -> str:
-    """A human-readable identity for checkpoints and summaries."""
-    config = getattr(model, "config", None)
-    return str(getattr(config, "csreft_model_name", None) or getattr(config, "_name_or_path", "") or type(model).__name__)
-
-
-def hidden_size(model: nn.Module) -> int:
-    """The residual-stream width ``d`` of a model."""
-    config = model.config
-    return int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
 
 
 # ---------------------------------------------------------------- positions
@@ -78,9 +49,7 @@ class Positions:
         return cls(first=first, last=last)
 
     def __str__(self) -> str:
-        groups = [f"f{self.first}"] if self.first else []
-        groups += [f"l{self.last}"] if self.last else []
-        return "all" if self.all else "+".join(groups)
+        return "all" if self.all else "+".join(f"{g}{n}" for g, n in (("f", self.first), ("l", self.last)) if n)
 
 
 @dataclass

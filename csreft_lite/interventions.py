@@ -126,11 +126,10 @@ class CSReFT(nn.Module):
     def freeze_subspaces(self, *indices: int) -> None:
         """Stop training these subspaces (e.g. a skill learned earlier), exactly, while the others go on learning.
 
-        Their ``R``, ``W`` and ``b`` stay bit for bit, whatever the optimiser (weight decay, earlier moments): their
-        parameters stop requiring gradients and enter every pass detached. Gates alone would not protect a subspace:
-        the bases are orthonormalised together, and QR turns each row against the rows before it, so frozen bases go
-        first in that order (their rows replaced by the basis they already span: nothing moves now) and the trainable
-        ones are orthonormalised against them. ``config()`` keeps the frozen indices, and so does a checkpoint.
+        Their ``R``, ``W`` and ``b`` stay bit for bit whatever the optimiser does (weight decay, earlier moments): they
+        stop requiring gradients and enter every pass detached. As the bases are orthonormalised together (QR turns each
+        row against those before it), frozen bases go first, their rows replaced by the basis they already span (nothing
+        moves now). ``config()`` and so a checkpoint keep the frozen indices.
         """
         for i in indices:
             if not isinstance(i, int) or not 0 <= i < self.n_subspaces:

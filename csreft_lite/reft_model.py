@@ -1,10 +1,6 @@
-"""``ReftModel``: a frozen causal LM plus interventions at chosen layers and prompt positions.
-
-The base model is never modified: the interventions act through forward hooks on its decoder layers, and
-``remove()`` (or leaving a ``with`` block) restores it bit for bit. Only the interventions (and the router)
-are parameters of a ``ReftModel``: what an optimiser trains and a checkpoint holds. With ``CSReFT``
-interventions it runs their one ``Router`` once per forward pass and hands its gates to every layer.
-"""
+"""``ReftModel``: a frozen causal LM plus interventions at chosen layers and prompt positions, applied by forward hooks
+on its decoder layers; ``remove()`` (or leaving a ``with`` block) restores the base model bit for bit. Its parameters are
+the interventions' and the router's (CS-ReFT: run once per forward pass, its gates handed to every layer)."""
 
 from __future__ import annotations
 
@@ -24,11 +20,11 @@ from . import checkpoint
 from .checkpoint import key
 from .compat import is_checkpointing, set_checkpointing
 from .data import collator_for
-from .hooks import (PositionIndex, Positions, decoder_layers, edit_at, hidden_size, hook_layers, model_name, position_ids,
-                    resolve_positions, span_mask)
+from .architecture import decoder_layers, hidden_size, model_name
+from .hooks import PositionIndex, Positions, edit_at, hook_layers, position_ids, resolve_positions, span_mask
 from .interventions import CSReFT
-from .routing import Router, instruction_summary, shared_router
-from .validate import check_batch, check_gates, check_layers
+from .routing import Router, instruction_summary
+from .validate import check_batch, check_gates, check_interventions, check_layers, check_router
 
 
 @dataclass
@@ -82,30 +78,24 @@ class ReftModel(nn.Module):
             raise ValueError("positions='all' has no first/last groups; use share_positions=True.")
         self.share_positions = share_positions
         self.copies = (None,) if share_positions else ("first", "last")  # the position groups with weights of their own
-        self.layers = check_layers(len(decoder_layers(model)), list(interventions))
-        if len(set(self.layers)) != len(self.layers):
-            raise ValueError(f"Two interventions were given for the same layer: {sorted(interventions)}.")
         d = hidden_size(model)
+        self.layers = check_interventions(len(decoder_layers(model)), interventions, d)
         self.interventions = nn.ModuleDict()
         for layer, module in zip(self.layers, interventions.values()):
-            if getattr(module, "d_model", d) != d:
-                raise ValueError(f"The intervention for layer {layer} was built for hidden size {module.d_model}, but the "
-                                 f"model's hidden size is {d}. Build it with d_model={d}.")
             for group in self.copies:  # untied: the "last" group gets a copy
                 self.interventions[key(layer, group)] = module if group in (None, "first") else copy.deepcopy(module)
-        firsts = {layer: self.interventions[key(layer, self.copies[0])] for layer in self.layers}
-        routed = {layer: m for layer, m in firsts.items() if isinstance(m, CSReFT)}
+        routed = {layer: m for layer, m in zip(self.layers, interventions.values()) if isinstance(m, CSReFT)}
         if router_layer is not None:
             router_layer = check_layers(len(decoder_layers(model)), [router_layer])[0]
-        self.router, self.router_layer = shared_router(routed, d, router, router_layer)
+        self.router_layer = check_router(routed, d, router, router_layer)  # None without CS-ReFT
+        self.router = (router or Router(d, next(iter(routed.values())).n_subspaces)) if routed else None
         self.to(next(model.parameters()).device)
         model.requires_grad_(False)
         self._call: _Call | None = None
         self._forced: torch.Tensor | None = None
         self._enabled = True
         self._handles: list = []
-        # The last call's gates [batch, k], the router's probabilities (None when forced) and what it read [batch, d]
-        self.last_gates = self.last_probs = self.last_summary = None  # detached; set by _active only
+        self.last_gates = self.last_probs = self.last_summary = None  # the last call's [batch, k], [batch, k], [batch, d]
         self.attach()
 
     # ------------------------------------------------------------ hooks

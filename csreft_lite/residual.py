@@ -13,7 +13,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .hooks import decoder_layers, hidden_size, hook_layers
+from .architecture import decoder_layers, hidden_size
+from .hooks import hook_layers
 from .validate import check_layers
 
 

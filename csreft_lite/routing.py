@@ -1,8 +1,8 @@
 """Routing: which subspaces a prompt opens. CS-ReFT's ρ = Router(x), and what x is.
 
 ``instruction_summary`` is what the router reads; ``Router`` turns it into gates ``[batch, k]`` and prices them
-(sparsity, ``balance_loss``); ``kmeans`` starts it from the clusters of what it reads; ``shared_router`` checks
-that one router fits the CS-ReFT layers it gates. ``ReftModel`` runs it once per forward pass.
+(sparsity, ``balance_loss``); ``kmeans`` starts it from the clusters of what it reads. ``ReftModel`` runs it once
+per forward pass (``validate.check_router``: one router fits the CS-ReFT layers it gates).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .interventions import CSReFT
 from .validate import check_input, check_sizes, check_weights
 
 GATINGS = ("soft", "topk", "hard")
@@ -166,28 +165,3 @@ class Router(nn.Module):
     def config(self) -> dict:
         return {"d_model": self.d_model, "n_subspaces": self.n_subspaces, "hidden": self.hidden, "gating": self.gating,
                 "top_k": self.top_k, "sparsity": self.sparsity, "balance": self.balance}
-
-
-def shared_router(routed: dict[int, CSReFT], d_model: int, router: Router | None = None,
-                  router_layer: int | None = None) -> tuple[Router | None, int | None]:
-    """The one router of these CS-ReFT layers (``{layer: CSReFT}``; built when not given) and the layer it reads.
-
-    It must give one gate per subspace, and read a layer at or below the first edit (default: that layer).
-    """
-    if not routed:
-        if router is not None or router_layer is not None:
-            raise ValueError("router and router_layer are for cl.CSReFT interventions, and none was given.")
-        return None, None
-    ks = sorted({m.n_subspaces for m in routed.values()})
-    if len(ks) > 1:
-        raise ValueError(f"One router gates every CS-ReFT layer, so they need the same n_subspaces; got {ks}.")
-    router = Router(d_model, ks[0]) if router is None else router
-    if router.n_subspaces != ks[0] or router.d_model != d_model:
-        raise ValueError(f"The router gives {router.n_subspaces} gates from hidden size {router.d_model}, but the CS-ReFT "
-                         f"interventions have {ks[0]} subspaces on hidden size {d_model}. Build it as cl.Router({d_model}, {ks[0]}).")
-    first = min(routed)
-    router_layer = first if router_layer is None else router_layer
-    if router_layer > first:
-        raise ValueError(f"router_layer={router_layer} is above the first CS-ReFT layer ({first}): the gates must exist "
-                         f"before the first edit. Use a layer from 0 to {first}.")
-    return router, router_layer

@@ -1,10 +1,6 @@
-"""The training loop, in the open: batches → loss → backward → AdamW step.
-
-Only the interventions train; the base model stays frozen on its device. It scales out through Hugging Face
-Accelerate rather than a scheme of its own: the same function runs on a CPU, one GPU, or several GPUs under
-``accelerate launch``. ``cl.train(reft, ds, tok)`` calls ``train()``: this module is callable. For transformers'
-``Trainer`` see ``trainer.py`` (``ReftTrainer``), beside the core.
-"""
+"""The training loop, in the open: batches → loss → backward → AdamW step. Only the interventions train. The same
+function runs on a CPU, one GPU, or several under ``accelerate launch`` (Accelerate, no engine of our own).
+``cl.train(reft, ds, tok)`` calls ``train()`` (the module is callable). transformers' ``Trainer``: ``trainer.py``."""
 
 from __future__ import annotations
 
@@ -20,8 +16,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import checkpoint
-from .data import collator_for, warn_short_prompts
+from .data import collator_for
 from .progress import Progress
+from .validate import warn_short_prompts
 
 
 @dataclass

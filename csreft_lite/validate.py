@@ -5,6 +5,7 @@ size), one line each in the code they guard, so a wrong layer or a gate outside 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 import torch
@@ -43,6 +44,19 @@ def check_layers(n: int, layers: Sequence[int]) -> list[int]:
                              f"(negative numbers count from the end).")
     return [int(layer) % n for layer in layers]
 
+
+
+def check_interventions(n_layers: int, interventions: dict, d_model: int) -> list[int]:
+    """``{layer: intervention}``: existing layers, one intervention each, built for the model's hidden size ``d_model``.
+    Returns the layers as indices from 0."""
+    layers = check_layers(n_layers, list(interventions))
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"Two interventions were given for the same layer: {sorted(interventions)}.")
+    for layer, module in zip(layers, interventions.values()):
+        if getattr(module, "d_model", d_model) != d_model:
+            raise ValueError(f"The intervention for layer {layer} was built for hidden size {module.d_model}, but the "
+                             f"model's hidden size is {d_model}. Build it with d_model={d_model}.")
+    return layers
 
 def check_prompt_lengths(lengths: torch.Tensor, available: torch.Tensor) -> None:
     """One prompt length per example, at least 1 and at most the example's real (unpadded) tokens."""
@@ -96,3 +110,37 @@ def check_gates(gates, k: int) -> torch.Tensor:
     if not bool(((g >= 0) & (g <= 1)).all()):  # NaN fails both
         raise ValueError(f"Gates lie in [0, 1] (0: subspace off, 1: fully on); got {g.tolist()}.")
     return g.reshape(-1, k)
+
+
+def warn_short_prompts(prompt_lengths: Sequence[int], positions, what: str = "training ") -> None:
+    """One warning (pointing at the caller's caller) when prompts are shorter than ``positions`` (a ``hooks.Positions``)
+    asks for: they get fewer edited positions, since no token is edited twice and the first group goes first."""
+    need, short = positions.first + positions.last, [n for n in prompt_lengths if n < positions.first + positions.last]
+    if positions.all or not short:
+        return
+    n, both = min(short), positions.first and positions.last
+    hint = f"f{n // 2}+l{n // 2}" if both and n >= 2 else f"l{n}" if positions.last else f"f{n}"
+    how = " No token is edited twice: the first group takes its tokens first and the last group gets what is left." if both else ""
+    warnings.warn(f"{len(short)} of {len(prompt_lengths)} {what}prompts are shorter than the {need} tokens that positions "
+                  f"'{positions}' edits (the shortest has {n}): they get fewer edited positions.{how} If that is not what you "
+                  f"want, use fewer positions ('{hint}' fits every prompt) or a longer prompt template.", stacklevel=3)
+
+
+def check_router(routed: dict, d_model: int, router=None, router_layer: int | None = None) -> int | None:
+    """One router gates every CS-ReFT layer (``routed``: ``{layer: CSReFT}``): it gives one gate per subspace and reads a
+    layer at or below the first edit. Returns the layer it reads (default: the first CS-ReFT layer), None without any."""
+    if not routed:
+        if router is not None or router_layer is not None:
+            raise ValueError("router and router_layer are for cl.CSReFT interventions, and none was given.")
+        return None
+    ks = sorted({m.n_subspaces for m in routed.values()})
+    if len(ks) > 1:
+        raise ValueError(f"One router gates every CS-ReFT layer, so they need the same n_subspaces; got {ks}.")
+    if router is not None and (router.n_subspaces != ks[0] or router.d_model != d_model):
+        raise ValueError(f"The router gives {router.n_subspaces} gates from hidden size {router.d_model}, but the CS-ReFT "
+                         f"interventions have {ks[0]} subspaces on hidden size {d_model}. Build it as cl.Router({d_model}, {ks[0]}).")
+    first = min(routed)
+    if router_layer is not None and router_layer > first:
+        raise ValueError(f"router_layer={router_layer} is above the first CS-ReFT layer ({first}): the gates must exist "
+                         f"before the first edit. Use a layer from 0 to {first}.")
+    return first if router_layer is None else router_layer

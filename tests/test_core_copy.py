@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = ["interventions", "routing", "hooks", "reft_model", "data", "train", "checkpoint", "compat", "validate", "progress"]
+CORE = ["interventions", "routing", "hooks", "architecture", "reft_model", "data", "train", "checkpoint", "compat", "validate", "progress"]
 
 pytestmark = pytest.mark.slow
 
