@@ -1,9 +1,6 @@
-"""Version shims: every place where versions of a dependency differ (transformers 4.x and 5.x, older torch,
-alpaca_eval under pandas 3), in one room.
-
-Each helper says which version needs it and when it can go. The rest of the library calls these and never asks
-for a version itself. CI runs transformers 4.45.1, 4.57.6 and 5.x (README, "Tested versions").
-"""
+"""Version shims: every place where versions of a dependency differ (transformers 4.x and 5.x, alpaca_eval under
+pandas 3), in one room. Each says which version needs it and when it can go; the rest of the library never asks for
+a version itself. CI runs transformers 4.45.1, 4.57.6 and 5.x (README, "Tested versions")."""
 
 from __future__ import annotations
 
@@ -41,13 +38,10 @@ def is_checkpointing(model: nn.Module) -> bool:
 
 
 def set_checkpointing(model: nn.Module, enabled: bool = True) -> None:
-    """Activation (gradient) checkpointing on or off: each layer recomputed in the backward pass.
-
-    5.x renamed ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable`` and warns on the old
-    name; this picks whichever exists (goes with 4.x). Non-reentrant, so gradients reach interventions whose
-    inputs need none. transformers checkpoints only in training mode: call ``model.train()`` too. Note that 4.x
-    checkpoints a layer's ``__call__``, hooks included, so the backward pass re-runs our hooks; 5.x only ``forward``.
-    """
+    """Activation (gradient) checkpointing on or off, non-reentrant (so gradients reach interventions whose inputs need
+    none); transformers checkpoints only in training mode. 5.x renamed ``gradient_checkpointing_enable`` to
+    ``activation_checkpointing_enable`` and warns on the old name (goes with 4.x). 4.x checkpoints a layer's
+    ``__call__``, hooks included, so its backward pass re-runs our hooks; 5.x only ``forward``."""
     new = hasattr(model, "activation_checkpointing_enable")
     if enabled and new:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -120,12 +114,10 @@ def gguf_adds_bos(tokenizer, gguf: Path) -> None:
 
 
 def save_for_every_version(model, tokenizer, folder: Path) -> dict[str, torch.Tensor]:
-    """Write config, generation config and tokenizer so that 4.45+ and 5.x read them; return the weights to save.
-
-    5.x records the GGUF file as a ``quantization_config`` (the cache is plain float32); 4.4x looks for the chat
-    template in tokenizer_config.json, not a .jinja file; 4.x's safetensors loader needs ``{"format": "pt"}``
-    metadata (the caller writes it). The tied output layer is stored once, under the embedding's name.
-    """
+    """Write config, generation config and tokenizer so that 4.45+ and 5.x read them; return the weights to save (the
+    tied output layer once, as the embedding). 5.x records the GGUF as a ``quantization_config`` (the cache is plain
+    float32); 4.4x reads the chat template from tokenizer_config.json, not a .jinja file; 4.x's safetensors loader
+    needs ``{"format": "pt"}`` metadata (the caller writes it)."""
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.save_pretrained(folder)
@@ -139,12 +131,9 @@ def save_for_every_version(model, tokenizer, folder: Path) -> dict[str, torch.Te
 
 
 def alpaca_eval_annotator():
-    """alpaca_eval's ``PairwiseAnnotator``, reading its verdict cache back with float preferences.
-
-    pandas 3 reads a cache whose preferences are all whole (1.0, 2.0) as int64, and alpaca_eval 0.6.6 then fails
-    to set a tie (1.5) in that column, "Invalid value '1.5' for dtype 'int64'", on every re-score (goes when
-    alpaca_eval casts the column itself).
-    """
+    """alpaca_eval's ``PairwiseAnnotator``, reading its verdict cache back with float preferences. pandas 3 reads a
+    cache of whole preferences (1.0, 2.0) as int64, where alpaca_eval 0.6.6 then fails to set a tie (1.5): "Invalid
+    value '1.5' for dtype 'int64'" on every re-score (goes when alpaca_eval casts the column itself)."""
     from alpaca_eval.annotators import PairwiseAnnotator
 
     class Annotator(PairwiseAnnotator):

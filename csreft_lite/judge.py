@@ -1,16 +1,8 @@
-"""A local pairwise judge: which of two answers to an instruction is better, by a Hugging Face model.
-
-AlpacaEval 1.0 asks GPT-4 to compare a model's answer with text-davinci-003's and reports the
-share of wins. Without an OpenAI key we can still ask *some* instruct model on our own GPU the
-same question. We read its preference off the next-token distribution rather than parsing a
-generated reply: the probability of "A" against "B" after the question "which answer is
-better?". Language-model judges prefer whichever answer comes first (or second), so every pair
-is judged in both orders and the two probabilities are averaged, which cancels that bias.
-
-The result uses AlpacaEval's conventions (``preference`` in [1, 2]: 1 = ``output_1`` better,
-2 = ``output_2`` better, 1.5 = tie), so ``alpaca_eval.metrics.get_winrate`` turns it into a
-win rate. That win rate is an **approximation by a local judge, never the AlpacaEval score**:
-the judge model, its prompt and its biases all differ from GPT-4's.
+"""A local pairwise judge: AlpacaEval's question (which of two answers is better?) asked of any instruct model,
+for a run without an OpenAI key. The preference is read off the next-token distribution, P("A") against P("B"),
+not parsed from a reply; every pair is judged in both orders and averaged, which cancels the judge's bias for a
+position. Results follow AlpacaEval's conventions (``preference`` 1 = ``output_1`` better, 2 = ``output_2``, 1.5 a
+tie), so alpaca_eval's ``get_winrate`` reads them; the number is an **approximation, never the AlpacaEval score**.
 """
 
 from __future__ import annotations

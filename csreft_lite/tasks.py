@@ -16,16 +16,13 @@ near-identical instruction, and demand opposite outputs; the four word skills sh
 format. One shared edit trained on the mixture must tell them apart, so interference shows.
 ``compose`` asks for a case skill and a word skill at once (``plural`` in capitals -> GARDENS).
 
-Held-out means unseen: every pool of words, review subjects and adjectives is split once, by
-position (every 4th item is a test item), so no test word appears in any training example of
-any skill. Generation is deterministic for ``(n, split, seed)`` and samples without repetition;
-the word skills draw the *same* words for a seed, so in a mixture one word comes with several
-instructions and only the instruction says which answer is wanted.
+Held-out means unseen: every pool of words, subjects and adjectives is split once by position (every 4th item is
+a test item), so no test word appears in any training example. Generation is deterministic for ``(n, split,
+seed)``, without repetition; the word skills draw the *same* words for a seed, so in a mixture only the
+instruction says which answer is wanted.
 
-Scoring is exact and case-sensitive: case *is* the content for two skills, and one rule for
-all keeps scores comparable. We forgive only what carries no content: surrounding whitespace
-and quotes, and trailing ``.`` or ``!``. A reply must be the answer alone, so "The plural is
-Gardens" fails: stopping is part of the skill (training data ends each answer with EOS).
+Scoring is exact and case-sensitive (case *is* the content for two skills); only surrounding whitespace and
+quotes and a trailing ``.`` or ``!`` are forgiven. "The plural is Gardens" fails: stopping is part of the skill.
 
 What the untrained course model does on each skill, and why ``uppercase`` is the hard one to reach with an
 edit: bench/RESULTS.md, "The untrained course model on the benchmark" (``bench/base_model_skills.py``).
@@ -229,15 +226,9 @@ def compose(a: str, b: str, n: int, seed: int = 0, split: str = "test") -> list[
 
 
 def skill_gates(example: Example, skills: Sequence[str], extra: float = 0.0, rng: random.Random | None = None) -> list[float]:
-    """CS-ReFT gates for a training record: 1 for each of ``skills`` the example asks for; each other gate 1 with
-    probability ``extra`` (drawn from ``rng``), else 0.
-
-    A single-skill example opens its skill's subspace; a ``compose`` example ("lowercase+plural") opens both of its
-    skills' subspaces, so the *sum* of the two edits is trained to answer both. ``extra`` > 0 also opens, at random,
-    gates the example does not ask for, so that an open subspace learns to leave prompts it does not serve alone.
-    With composed examples of each pair and ``extra=0.5``, ``bench/composition.py`` (regime ``open_pair2``) and
-    notebook 04 (section 7) compose the pairs taught on new words; a pair never shown composed does not compose.
-    """
+    """CS-ReFT gates for a training record: 1 for each of ``skills`` the example asks for (both of a ``compose`` pair's,
+    so the *sum* of their edits learns to answer both); each other gate 1 with probability ``extra`` (from ``rng``), so
+    that an open subspace learns to leave alone the prompts it does not serve (notebook 04, section 7)."""
     parts = example.skill.split("+")
     unknown = [p for p in parts if p not in skills]
     if unknown:
@@ -263,14 +254,9 @@ def score(predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, 
 
 
 def composed_parts(predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
-    """Which half of a composed question each reply answers: the share of replies that do both skills, only
-    the word skill, only the case skill, or neither (``examples`` from one ``compose`` pair).
-
-    For "Write the plural of this word in small letters: Grape" (lowercase+plural), "grapes" does both,
-    "Grapes" only the plural and "grape" only the small letters. Keys, in this order: ``"both"``,
-    ``"only <word skill>"``, ``"only <case skill>"``, ``"neither"``; a reply that fits two (uppercase+first_letter:
-    "G" is both and the first letter alone) counts in the first. Matching is ``score``'s: exact after ``normalize``.
-    """
+    """The share of replies to one ``compose`` pair that do ``"both"`` skills, ``"only <word skill>"``, ``"only <case
+    skill>"`` or ``"neither"`` (for lowercase+plural of "Grape": "grapes", "Grapes", "grape"); a reply that fits two
+    (uppercase+first_letter: "G") counts in the first. Matching is ``score``'s: exact after ``normalize``."""
     if len(predictions) != len(examples):
         raise ValueError(f"{len(predictions)} predictions for {len(examples)} examples; they must pair up.")
     pairs = {e.skill for e in examples}

@@ -6,21 +6,15 @@
     python -m csreft_lite.recipes.alpacaeval --config configs/alpacaeval_llama2_7b.yaml --epochs 3
     accelerate launch -m csreft_lite.recipes.alpacaeval --config configs/alpacaeval_llama2_7b.yaml   # several GPUs
 
-Where the configuration (``RecipeConfig``'s defaults) comes from: the CS-ReFT paper (arXiv 2503.10617) states k = 4
-subspaces and one router ρ = Router(x), d → d/2 (ReLU) → 4 (sigmoid, 0.5 threshold for hard gating); what it leaves
-open (layers, positions, rank, data, optimiser, decoding, judge) comes from the LoReFT AlpacaEval recipe (ReFT paper
-§4.4 and App. D). The paper's released code does not run its interventions, so there is no reference implementation
-to match: this recipe implements the paper's equations (``csreft_lite.CSReFT``).
+The CS-ReFT paper (arXiv 2503.10617) states k = 4 subspaces and one router ρ = Router(x), d → d/2 (ReLU) → 4
+(sigmoid, 0.5 threshold for hard gating); what it leaves open (layers, positions, rank, data, optimiser, decoding,
+judge) comes from the LoReFT AlpacaEval recipe (ReFT paper §4.4, App. D). Its released code does not run its
+interventions, so this recipe implements the paper's equations (``csreft_lite.CSReFT``) with nothing to match.
 
-Smoke mode (automatic without CUDA, or ``--smoke``) runs the same functions with the course model
-(SmolLM2-135M-Instruct), the ~40 training examples and 6 eval prompts shipped inside the package
-(``csreft_lite/recipes/smoke_data/``, so a pip install has them too), and the course model as a local
-judge. Every line it prints starts with ``[SMOKE]``, every plot title too; the real run prints ``[FULL]``.
-
-Judges (``--judge``): ``alpaca_eval_1`` (the papers' metric: GPT-4 vs text-davinci-003), ``alpaca_eval_2`` (the field's
-since 2024: GPT-4-Turbo vs gpt4_turbo, length-controlled), ``local`` (an approximation by a local model), ``auto``
-(``alpaca_eval_1`` with ``OPENAI_API_KEY`` outside smoke mode, else ``local``). The AlpacaEval judges go through the
-OpenAI client: ``OPENAI_BASE_URL`` picks any OpenAI-compatible server, ``--judge-model`` another model on it.
+Smoke mode (automatic without CUDA, or ``--smoke``) runs the same functions on the course model, with the ~40
+training examples and 6 eval prompts shipped in ``recipes/smoke_data/`` and the course model as a local judge;
+every printed line and plot title starts with ``[SMOKE]`` (the real run: ``[FULL]``). Judges: ``RecipeConfig.judge``;
+the AlpacaEval ones go through the OpenAI client (``OPENAI_BASE_URL`` picks any compatible server).
 """
 
 from __future__ import annotations
@@ -373,12 +367,9 @@ def train_reft(reft: cl.ReftModel, tok, records: list[dict], config: RecipeConfi
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # short smoke prompts have fewer than f5+l5 positions; that is fine
         dataset = cl_data.make_dataset(records, tok, template=config.template, max_length=config.max_length)
-    if config.gradient_checkpointing:
-        # Recompute each layer in the backward pass instead of keeping its activations. transformers
-        # checkpoints only in training mode; the frozen base has no dropout to switch on (Llama).
-        cl.models.set_checkpointing(reft.model, True)
+    if config.gradient_checkpointing:  # recompute each layer in the backward pass instead of keeping its activations
+        reft.gradient_checkpointing_enable()  # train() switches the base to training mode with it, and back
         reft.model.config.use_cache = False
-        reft.model.train()
     accum = grad_accum_steps(config)
     say(config, f"training {len(dataset):,} examples: {config.epochs} epochs, batch {config.batch_size} × accumulation {accum} "
         f"(effective {config.effective_batch}), lr {config.lr}, max length {config.max_length}")
@@ -392,9 +383,8 @@ def train_reft(reft: cl.ReftModel, tok, records: list[dict], config: RecipeConfi
         progress=not config.smoke,
     )
     if config.gradient_checkpointing:
-        cl.models.set_checkpointing(reft.model, False)
+        reft.gradient_checkpointing_disable()
         reft.model.config.use_cache = True
-        reft.model.eval()
     peak = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if torch.cuda.is_available() else ""
     if not history.losses:
         say(config, f"nothing left to train: the checkpoint in {config.output_dir}/checkpoint is at step {history.steps}")
