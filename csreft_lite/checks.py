@@ -9,8 +9,11 @@ Pattern (one per exercise, see ``check_exercise``)::
     loreft_edit = checks.check_loreft_edit(loreft_edit)   # prints ✓, or says what is wrong
 
 An unsolved stub (it raises ``NotImplementedError``) does not break the notebook: the checker
-says so and returns the reference solution from ``solutions/``, so later cells still run.
-A wrong answer raises ``ExerciseError`` with expected-vs-got on the failing case and a hint.
+says so and returns the reference solution from ``solutions/``, so later cells still run. A function
+that passes the first cases and raises ``NotImplementedError`` on a later one is reported as partly
+solved, and the reference is used too. A wrong answer raises ``ExerciseError`` with expected-vs-got
+on the failing case and a hint. Every check records its outcome in ``OUTCOMES``; ``summary()`` is
+the line at the end of a notebook that says which exercises used the reference.
 """
 
 from __future__ import annotations
@@ -105,6 +108,20 @@ def compare(got: Any, expected: Any, atol: float = 1e-4, rtol: float = 1e-4) -> 
     return None if got == expected else f"expected {expected!r}, got {got!r}"
 
 
+@dataclass
+class Outcome:
+    """What one exercise's check found: ``status`` is "solved", "partly solved" or "not solved yet" (both use
+    the reference solution), or "failed" (a wrong answer: the check raised ``ExerciseError``)."""
+
+    name: str
+    status: str
+    passed: int  # checks passed before the end
+    total: int
+
+
+OUTCOMES: dict[str, Outcome] = {}  # exercise name -> its latest check in this kernel (running a check again replaces it)
+
+
 def check_exercise(fn: Callable, solution: str, cases: Sequence[Case], hint: str, name: str | None = None,
                    atol: float = 1e-4, properties: Callable[[Callable, Case], str | None] | None = None) -> Callable:
     """Run ``fn`` and the reference on every case; return the function later cells should use.
@@ -115,22 +132,51 @@ def check_exercise(fn: Callable, solution: str, cases: Sequence[Case], hint: str
     """
     name = name or getattr(fn, "__name__", "exercise")
     ref = reference(solution)
-    for case in cases:
+    fallback = f"Continuing with the reference solution (solutions/{solution.split(':')[0]}.py)."
+    for passed, case in enumerate(cases):
         try:
             got = fn(*case.args, **case.kwargs)
         except NotImplementedError:
-            print(f"… {name}: not solved yet. Continuing with the reference solution (solutions/{solution.split(':')[0]}.py).")
+            if passed == 0:
+                print(f"… {name}: not solved yet. {fallback}")
+            else:  # solved for the first cases only: say so, rather than replace it silently
+                print(f"… {name}: partly solved: passed {passed} of {len(cases)} checks, then raised "
+                      f"NotImplementedError on {case.description}. {fallback}")
+            OUTCOMES[name] = Outcome(name, "partly solved" if passed else "not solved yet", passed, len(cases))
             return ref
         except Exception as err:  # the learner's code crashed: show where, not the answer
+            OUTCOMES[name] = Outcome(name, "failed", passed, len(cases))
             raise ExerciseError(f"✗ {name} raised {type(err).__name__}: {err}\n  on {case.description}.\n  Hint: {hint}") from err
         if properties is not None:
             problem = properties(fn, case)
         else:
             problem = compare(got, ref(*case.args, **case.kwargs), atol=atol, rtol=atol)
         if problem:
+            OUTCOMES[name] = Outcome(name, "failed", passed, len(cases))
             raise ExerciseError(f"✗ {name} is not right yet on {case.description}:\n  {problem}.\n  Hint: {hint}")
     print(f"✓ {name}: all {len(cases)} checks passed.")
+    OUTCOMES[name] = Outcome(name, "solved", len(cases), len(cases))
     return fn
+
+
+def summary() -> str:
+    """One line on the exercises checked in this kernel: how many the learner solved, and which used the reference.
+
+    E.g. "Exercises: 2 of 3 solved by you; 1 used the reference solution (not solved yet: steer)."
+    """
+    done = list(OUTCOMES.values())
+    if not done:
+        return "Exercises: none checked yet in this session (run the exercise cells above first)."
+    solved = [o for o in done if o.status == "solved"]
+    not_yet = [o.name for o in done if o.status == "not solved yet"]
+    partly = [f"{o.name} after {o.passed} of {o.total} checks passed" for o in done if o.status == "partly solved"]
+    failed = [o.name for o in done if o.status == "failed"]
+    groups = [f"{label}: {', '.join(names)}" for label, names in (("not solved yet", not_yet), ("partly solved", partly)) if names]
+    line = f"Exercises: {len(solved)} of {len(done)} solved by you; "
+    line += f"{len(not_yet) + len(partly)} used the reference solution ({'; '.join(groups)})" if groups else "none used the reference solution"
+    if failed:
+        line += f"; {len(failed)} still {'fails its check' if len(failed) == 1 else 'fail their checks'} ({', '.join(failed)})"
+    return line + "."
 
 
 # ---- notebook 03: multiple subspaces -----------------------------------------------------------
