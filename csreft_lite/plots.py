@@ -204,7 +204,7 @@ def _side_view(ax, R, arrows, h, edited):
     ax.set_xlim(-0.15, 1.25 * max(max(xs), 0.5)), ax.set_ylim(min(-0.3, 1.25 * min(ys)), max(0.3, 1.25 * max(ys)))
     ax.set_aspect("equal")  # one unit is as long across as up: the drawn lengths are the true ones
     ax.set(xlabel="length of the part in the plane, ‖RᵀR v‖", ylabel="distance from the plane",
-           title="Side view: true lengths (at the tips) and heights")
+           title="Side view: true lengths and heights")
     ax.legend(loc="lower right", fontsize="small")
     ax.grid(alpha=0.3)
 
