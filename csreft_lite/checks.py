@@ -9,8 +9,11 @@ Pattern (one per exercise, see ``check_exercise``)::
     loreft_edit = checks.check_loreft_edit(loreft_edit)   # prints ✓, or says what is wrong
 
 An unsolved stub (it raises ``NotImplementedError``) does not break the notebook: the checker
-says so and returns the reference solution from ``solutions/``, so later cells still run.
-A wrong answer raises ``ExerciseError`` with expected-vs-got on the failing case and a hint.
+says so and returns the reference solution from ``solutions/``, so later cells still run. A function
+that passes the first cases and raises ``NotImplementedError`` on a later one is reported as partly
+solved, and the reference is used too. A wrong answer raises ``ExerciseError`` with expected-vs-got
+on the failing case and a hint. Every check records its outcome in ``OUTCOMES``; ``summary()`` is
+the line at the end of a notebook that says which exercises used the reference.
 """
 
 from __future__ import annotations
@@ -45,6 +48,24 @@ def _shape(x: Any) -> str:
     return str(tuple(x.shape)) if torch.is_tensor(x) else type(x).__name__
 
 
+def _kind(x: Any) -> str:
+    """What a value is, for a message: "a torch.Tensor of shape (2, 3)", "a list of 3 items", "None"."""
+    if x is None:
+        return "None (a function without a return statement returns None)"
+    if torch.is_tensor(x):
+        return f"a torch.Tensor of shape {tuple(x.shape)}"
+    kind = type(x).__name__ if type(x).__module__ == "builtins" else f"{type(x).__module__}.{type(x).__qualname__}"
+    if isinstance(x, tuple) and type(x) is not tuple:  # e.g. torch.linalg.qr's named tuple
+        kind = f"tuple ({kind})"
+    size = f" of {len(x)} items" if isinstance(x, (list, tuple)) else ""
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}{size}"
+
+
+def _tensor_of(expected: torch.Tensor) -> str:
+    """The type and shape an exercise must return: "a torch.Tensor of shape (2, 3)", or a scalar tensor."""
+    return "a scalar torch.Tensor (shape ())" if expected.dim() == 0 else f"a torch.Tensor of shape {_shape(expected)}"
+
+
 def known_mistake(got: Any, expected: torch.Tensor, mistakes: list) -> str | None:
     """The message of the first known wrong answer ``got`` reproduces; ``mistakes``: ``(wrong answer, message)`` pairs.
     A wrong answer that equals the expected one on this case (e.g. "every position" when that is asked) is skipped."""
@@ -60,7 +81,7 @@ def compare(got: Any, expected: Any, atol: float = 1e-4, rtol: float = 1e-4) -> 
     """None if ``got`` matches ``expected``, else a one-line description of the difference."""
     if torch.is_tensor(expected):
         if not torch.is_tensor(got):
-            return f"expected a tensor of shape {_shape(expected)}, got a {type(got).__name__}"
+            return f"expected {_tensor_of(expected)}, got {_kind(got)}"
         if got.shape != expected.shape:
             return f"expected shape {_shape(expected)}, got shape {_shape(got)}"
         if got.dtype != expected.dtype and got.is_floating_point() != expected.is_floating_point():
@@ -71,20 +92,34 @@ def compare(got: Any, expected: Any, atol: float = 1e-4, rtol: float = 1e-4) -> 
         return None
     if isinstance(expected, (int, float)) and not isinstance(expected, bool):
         if not isinstance(got, (int, float)) and not (torch.is_tensor(got) and got.numel() == 1):
-            return f"expected a number, got a {type(got).__name__}"
+            return f"expected a number, got {_kind(got)}"
         got = float(got)
         if abs(got - expected) > atol + rtol * abs(expected):
             return f"expected {expected:g}, got {got:g}"
         return None
     if isinstance(expected, (list, tuple)) and expected and torch.is_tensor(expected[0]):
         if not isinstance(got, (list, tuple)) or len(got) != len(expected):
-            return f"expected a sequence of {len(expected)} tensors, got {type(got).__name__}"
+            return f"expected a list or tuple of {len(expected)} torch.Tensors, got {_kind(got)}"
         for i, (g, e) in enumerate(zip(got, expected)):
             problem = compare(g, e, atol, rtol)
             if problem:
                 return f"item {i}: {problem}"
         return None
     return None if got == expected else f"expected {expected!r}, got {got!r}"
+
+
+@dataclass
+class Outcome:
+    """What one exercise's check found: ``status`` is "solved", "partly solved" or "not solved yet" (both use
+    the reference solution), or "failed" (a wrong answer: the check raised ``ExerciseError``)."""
+
+    name: str
+    status: str
+    passed: int  # checks passed before the end
+    total: int
+
+
+OUTCOMES: dict[str, Outcome] = {}  # exercise name -> its latest check in this kernel (running a check again replaces it)
 
 
 def check_exercise(fn: Callable, solution: str, cases: Sequence[Case], hint: str, name: str | None = None,
@@ -97,22 +132,51 @@ def check_exercise(fn: Callable, solution: str, cases: Sequence[Case], hint: str
     """
     name = name or getattr(fn, "__name__", "exercise")
     ref = reference(solution)
-    for case in cases:
+    fallback = f"Continuing with the reference solution (solutions/{solution.split(':')[0]}.py)."
+    for passed, case in enumerate(cases):
         try:
             got = fn(*case.args, **case.kwargs)
         except NotImplementedError:
-            print(f"… {name}: not solved yet. Continuing with the reference solution (solutions/{solution.split(':')[0]}.py).")
+            if passed == 0:
+                print(f"… {name}: not solved yet. {fallback}")
+            else:  # solved for the first cases only: say so, rather than replace it silently
+                print(f"… {name}: partly solved: passed {passed} of {len(cases)} checks, then raised "
+                      f"NotImplementedError on {case.description}. {fallback}")
+            OUTCOMES[name] = Outcome(name, "partly solved" if passed else "not solved yet", passed, len(cases))
             return ref
         except Exception as err:  # the learner's code crashed: show where, not the answer
+            OUTCOMES[name] = Outcome(name, "failed", passed, len(cases))
             raise ExerciseError(f"✗ {name} raised {type(err).__name__}: {err}\n  on {case.description}.\n  Hint: {hint}") from err
         if properties is not None:
             problem = properties(fn, case)
         else:
             problem = compare(got, ref(*case.args, **case.kwargs), atol=atol, rtol=atol)
         if problem:
+            OUTCOMES[name] = Outcome(name, "failed", passed, len(cases))
             raise ExerciseError(f"✗ {name} is not right yet on {case.description}:\n  {problem}.\n  Hint: {hint}")
     print(f"✓ {name}: all {len(cases)} checks passed.")
+    OUTCOMES[name] = Outcome(name, "solved", len(cases), len(cases))
     return fn
+
+
+def summary() -> str:
+    """One line on the exercises checked in this kernel: how many the learner solved, and which used the reference.
+
+    E.g. "Exercises: 2 of 3 solved by you; 1 used the reference solution (not solved yet: steer)."
+    """
+    done = list(OUTCOMES.values())
+    if not done:
+        return "Exercises: none checked yet in this session (run the exercise cells above first)."
+    solved = [o for o in done if o.status == "solved"]
+    not_yet = [o.name for o in done if o.status == "not solved yet"]
+    partly = [f"{o.name} after {o.passed} of {o.total} checks passed" for o in done if o.status == "partly solved"]
+    failed = [o.name for o in done if o.status == "failed"]
+    groups = [f"{label}: {', '.join(names)}" for label, names in (("not solved yet", not_yet), ("partly solved", partly)) if names]
+    line = f"Exercises: {len(solved)} of {len(done)} solved by you; "
+    line += f"{len(not_yet) + len(partly)} used the reference solution ({'; '.join(groups)})" if groups else "none used the reference solution"
+    if failed:
+        line += f"; {len(failed)} still {'fails its check' if len(failed) == 1 else 'fail their checks'} ({', '.join(failed)})"
+    return line + "."
 
 
 # ---- notebook 03: multiple subspaces -----------------------------------------------------------
@@ -120,7 +184,7 @@ def check_exercise(fn: Callable, solution: str, cases: Sequence[Case], hint: str
 
 def _compare_dicts(got: Any, expected: dict, atol: float = 1e-6) -> str | None:
     if not isinstance(got, dict):
-        return f"expected a dict with keys {sorted(expected)}, got a {type(got).__name__}"
+        return f"expected a dict with keys {sorted(expected)}, got {_kind(got)}"
     if set(got) != set(expected):
         missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
         return f"expected keys {sorted(expected)}; missing {missing or 'none'}, unexpected {extra or 'none'}"
@@ -163,7 +227,7 @@ def check_orthogonal_subspaces(fn: Callable) -> Callable:
         R = f(raw.clone())
         k, r, d = raw.shape
         if not torch.is_tensor(R) or R.shape != raw.shape:
-            return f"expected a tensor of shape {tuple(raw.shape)}, got {_shape(R)}"
+            return f"expected a torch.Tensor of shape {tuple(raw.shape)}, got {_kind(R)}"
         flat = R.double().reshape(k * r, d)
         gram = flat @ flat.T  # [k·r, k·r]: block (i, j) is Rᵢ Rⱼᵀ
         for i in range(k):
@@ -405,7 +469,7 @@ def check_orthonormalize(fn: Callable) -> Callable:
         A = case.args[0]
         R = f(A.clone())
         if not torch.is_tensor(R):
-            return f"expected a tensor, got a {type(R).__name__}"
+            return f"expected a torch.Tensor of shape {tuple(A.shape)}, got {_kind(R)}"
         if R.shape != A.shape:
             hint = " (a transpose too many or too few)" if R.shape == A.T.shape else ""
             return f"expected shape {tuple(A.shape)} (one orthonormal row per row of A), got {tuple(R.shape)}{hint}"
@@ -469,7 +533,7 @@ def check_loreft_parameters(fn: Callable) -> Callable:
         d, r, n = case.args
         expected = reference(solution)(*case.args)
         if not isinstance(got, int) and not (torch.is_tensor(got) and got.numel() == 1):
-            return f"expected an int, got a {type(got).__name__}"
+            return f"expected an int, got {_kind(got)}"
         got = int(got)
         if got == expected:
             return None

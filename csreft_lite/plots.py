@@ -140,9 +140,9 @@ def subspace_picture(R, h, edited=None, ax=None, side_ax=None, title: str = "An 
     """The plane spanned by the two orthonormal rows of ``R`` (``[2, 3]``), a vector ``h``, its projection
     ``RᵀR h`` onto the plane, and optionally the edited vector; in 3-D (``ax``) and seen edge-on (``side_ax``).
 
-    The side view looks along the plane: the plane is the horizontal line, the height of a point is its
-    distance from the plane, so an edit that moves ``h`` parallel to the plane moves it horizontally.
-    With ``ax=None`` both panels are drawn side by side.
+    The side view sees the plane edge-on, as the horizontal line: each vector is turned about the plane's normal
+    into the page, so it keeps its true length (written at its tip) and its true height above the plane, and an
+    edit that moves ``h`` parallel to the plane keeps its height. With ``ax=None`` both panels are drawn side by side.
     """
     import numpy as np
 
@@ -167,42 +167,52 @@ def subspace_picture(R, h, edited=None, ax=None, side_ax=None, title: str = "An 
         ax.plot(*zip(h, edited), color="tab:red", linestyle=":", linewidth=1)
     lim = 1.2 * max(1.0, np.abs(np.stack([v for v, _, _ in arrows])).max())
     ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim), ax.set_zlim(-lim, lim)
+    ticks = [-1, 0, 1]  # few ticks: at matplotlib's default the x₁ labels run together
+    ax.set_xticks(ticks), ax.set_yticks(ticks), ax.set_zticks(ticks)
+    ax.tick_params(labelsize=8)
     ax.set_xlabel("x₁"), ax.set_ylabel("x₂"), ax.set_zlabel("x₃")
     ax.set_title(title)
-    ax.legend(fontsize="small", loc="upper left")
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(arrows), frameon=False)
     if side_ax is not None:
-        _side_view(side_ax, R, arrows, h, edited, lim)
+        _side_view(side_ax, R, arrows, h, edited)
     fig.tight_layout()
     return fig
 
 
-def _side_view(ax, R, arrows, h, edited, lim):
-    """The 3-D picture seen along the plane: x along the plane (the edit's direction), y the distance from it."""
+def _side_view(ax, R, arrows, h, edited):
+    """The 3-D picture with the plane seen edge-on. A vector v is drawn at (‖RᵀR v‖, n·v): the length of its part in
+    the plane and its height above it (n the plane's unit normal). That turns v about n into the page, which keeps
+    its length and height true; only the direction within the plane is lost."""
     import numpy as np
 
     normal = np.cross(R[0], R[1])
     normal /= np.linalg.norm(normal)
-    move = (edited - h) if edited is not None else R[0]
-    along = move - (move @ normal) * normal  # in the plane
-    along = along / np.linalg.norm(along) if np.linalg.norm(along) > 1e-9 else R[0]
+
+    def point(v):
+        return np.linalg.norm(R.T @ (R @ v)), v @ normal
+
     ax.axhline(0.0, color="tab:blue", alpha=0.4, linewidth=4, label="the plane, seen edge-on")
     for vec, color, _ in arrows:
-        ax.annotate("", xy=(vec @ along, vec @ normal), xytext=(0, 0), arrowprops=dict(arrowstyle="-|>", color=color, lw=2))
-    ax.plot([h @ along] * 2, [h @ normal, 0], color="grey", linestyle=":", linewidth=1)
+        x, y = point(vec)
+        ax.annotate("", xy=(x, y), xytext=(0, 0), arrowprops=dict(arrowstyle="-|>", color=color, lw=2, shrinkA=0, shrinkB=0))
+        ax.annotate(f"{np.linalg.norm(vec):.2f}", (x, y), xytext=(4, -13 if y < 1e-6 else 2), textcoords="offset points",
+                    color=color, fontsize=8.5)
+    ax.plot([point(h)[0]] * 2, [point(h)[1], 0], color="grey", linestyle=":", linewidth=1)  # h minus its projection
     if edited is not None:
-        ax.plot([h @ along, edited @ along], [h @ normal, edited @ normal], color="tab:red", linestyle=":", linewidth=1)
-    heights = [vec @ normal for vec, _, _ in arrows]
-    ax.set_xlim(-lim, lim), ax.set_ylim(min(-0.3, 1.2 * min(heights)), max(0.3, 1.2 * max(heights)))
-    ax.set_aspect("equal")
-    ax.set(xlabel="along the plane (the edit's direction)", ylabel="distance from the plane",
-           title="Side view: the edit moves h parallel to the plane")
+        ax.axhline(point(h)[1], color="tab:red", linestyle=":", linewidth=1)  # Φ(h) stays at the height of h
+    xs, ys = zip(*(point(v) for v, _, _ in arrows))
+    ax.set_xlim(-0.15, 1.25 * max(max(xs), 0.5)), ax.set_ylim(min(-0.3, 1.25 * min(ys)), max(0.3, 1.25 * max(ys)))
+    ax.set_aspect("equal")  # one unit is as long across as up: the drawn lengths are the true ones
+    ax.set(xlabel="length of the part in the plane, ‖RᵀR v‖", ylabel="distance from the plane",
+           title="Side view: true lengths and heights")
     ax.legend(loc="lower right", fontsize="small")
     ax.grid(alpha=0.3)
 
 
-def parameter_bars(models: dict, title: str = "Trainable parameters"):
-    """Horizontal bars on one shared log scale, one panel per model: ``models`` maps a model name to
-    ``(total parameters, {method: trainable parameters})``; each bar is labelled with its count and share."""
+def parameter_dots(models: dict, title: str = "Trainable parameters"):
+    """One dot per method on one shared log scale, one panel per model: ``models`` maps a model name to
+    ``(total parameters, {method: trainable parameters})``; each dot is labelled with its count and share.
+    Dots, not bars: on a log axis a bar's length depends on where the axis starts, so it would mean nothing."""
     import numpy as np
 
     rows = [len(counts) for _, counts in models.values()]
@@ -213,14 +223,15 @@ def parameter_bars(models: dict, title: str = "Trainable parameters"):
     span = np.log10(hi) - np.log10(lo)
     for ax, (name, (total, counts)) in zip(axes[:, 0], models.items()):
         names = list(counts)
-        ax.barh(range(len(names)), [counts[n] for n in names], color="tab:blue")
+        ax.plot([counts[n] for n in names], range(len(names)), "o", color="tab:blue", markersize=7)
         ax.set_yticks(range(len(names)), names)
-        ax.invert_yaxis()
+        ax.set_ylim(len(names) - 0.5, -0.5)  # the first method on top
         for i, n in enumerate(names):
             note = f"{counts[n]:,}  ({_percent(100 * counts[n] / total)})"
-            inside = (np.log10(counts[n]) - np.log10(lo)) / span > 0.6  # a long bar holds its own label
-            ax.text(counts[n], i, (note + " " if inside else " " + note), va="center", fontsize=9,
-                    ha="right" if inside else "left", color="white" if inside else "black")
+            left = (np.log10(counts[n]) - np.log10(lo)) / span > 0.6  # near the right edge: the label goes left
+            ax.annotate(note, (counts[n], i), xytext=(-8 if left else 8, 0), textcoords="offset points", va="center",
+                        ha="right" if left else "left", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
         ax.set_title(f"{name}: {total:,} parameters", fontsize=10, loc="left")
     axes[-1, 0].set_xscale("log")
     axes[-1, 0].set_xlim(lo, hi)
