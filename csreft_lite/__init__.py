@@ -5,17 +5,7 @@
     reft = cl.ReftModel(model, {9: cl.LoReFT(576, rank=4)}, positions="f5+l5")
     history = cl.train(reft, dataset, tok)     # the module csreft_lite.train, callable as its train()
 
-Reading order of the core, following one forward pass:
-    interventions.py   LoReFT, DiReFT, CSReFT: the edits, tensors in and tensors out
-    routing.py         Router, what it reads (instruction_summary), the balance term, the k-means start
-    hooks.py           positions (f5+l5), span masks, a model's decoder layers, editing hidden states there
-    reft_model.py      ReftModel: a frozen model + interventions; forward, loss, generate, route
-    data.py            templates, labels on the response only, prompt lengths and instruction spans
-    train.py           the training loop (beside it, trainer.py: ReftTrainer for transformers' Trainer)
-With checkpoint.py (the format on disk and its checks), compat.py (version shims), validate.py and progress.py
-these ten files are what a project copies (README: "Copy the core"): they import nothing else of the package.
-Around them: models.py (loading, the course-model cache), evaluate.py, tasks.py, and for the notebooks
-residual.py (record, add_vector), checks.py, plots.py and judge.py.
+The core's reading order and the eleven files a project copies: README, "The library at a glance".
 """
 
 __version__ = "0.1.0"

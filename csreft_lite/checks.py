@@ -8,12 +8,10 @@ Pattern (one per exercise, see ``check_exercise``)::
 
     loreft_edit = checks.check_loreft_edit(loreft_edit)   # prints ✓, or says what is wrong
 
-An unsolved stub (it raises ``NotImplementedError``) does not break the notebook: the checker
-says so and returns the reference solution from ``solutions/``, so later cells still run. A function
-that passes the first cases and raises ``NotImplementedError`` on a later one is reported as partly
-solved, and the reference is used too. A wrong answer raises ``ExerciseError`` with expected-vs-got
-on the failing case and a hint. Every check records its outcome in ``OUTCOMES``; ``summary()`` is
-the line at the end of a notebook that says which exercises used the reference.
+A stub that raises ``NotImplementedError`` (on the first case: not solved yet; on a later one: partly
+solved) does not break the notebook: the checker says so and returns the reference from ``solutions/``.
+A wrong answer raises ``ExerciseError`` with expected-vs-got on the failing case and a hint. ``summary()``
+ends each notebook: which exercises used the reference (``OUTCOMES``).
 """
 
 from __future__ import annotations
@@ -160,10 +158,8 @@ def check_exercise(fn: Callable, solution: str, cases: Sequence[Case], hint: str
 
 
 def summary() -> str:
-    """One line on the exercises checked in this kernel: how many the learner solved, and which used the reference.
-
-    E.g. "Exercises: 2 of 3 solved by you; 1 used the reference solution (not solved yet: steer)."
-    """
+    """One line on the exercises checked in this kernel, e.g. 'Exercises: 2 of 3 solved by you; 1 used the reference
+    solution (not solved yet: steer).'"""
     done = list(OUTCOMES.values())
     if not done:
         return "Exercises: none checked yet in this session (run the exercise cells above first)."

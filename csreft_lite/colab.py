@@ -1,11 +1,9 @@
 """Running the course on Google Colab: the one place that knows the repository and the release.
 
-Every notebook starts with a line of links (``links_cell_source(path)``: open this notebook in Colab, read
-it rendered on the course's website) and its first code cell is the same set-up cell
-(``bootstrap_cell_source()``). On Colab that cell installs this package from a tagged release, then ``setup()``
-installs the course model; locally (``make lab``) everything is installed already and the cell does nothing.
-The website (``make site``) builds its Colab buttons from the same ``REPO_URL`` and ``RELEASE``.
-``scripts/sync_notebooks.py`` (``make sync-notebooks``) writes both cells into the notebooks.
+Every notebook starts with its links (``links_cell_source``: open it in Colab, read it on the website) and the same
+set-up cell (``bootstrap_cell_source``), which on Colab installs this package from a tagged release and then the
+course model (``setup()``), and does nothing locally. ``make sync-notebooks`` writes both; the website's Colab
+buttons come from the same ``REPO_URL`` and ``RELEASE``.
 """
 
 from __future__ import annotations

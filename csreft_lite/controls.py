@@ -1,11 +1,9 @@
 """Controls for what CS-ReFT's orthogonal subspaces buy: the same gated edit without mutual orthogonality.
 
-``SeparateBases(d, rank, k)`` is ``CSReFT``'s edit, ``h + Σᵢ gᵢ Rᵢᵀ(Wᵢ h + bᵢ − Rᵢ h)``, with the same parameters,
-but each basis ``Rᵢ`` is orthonormalised on its own (``Rᵢ Rᵢᵀ = I``), not against the others, and starts at its own
-random draw: k separate LoReFT edits whose subspaces may overlap (two random ones by about √(r/d)). Training one
-subspace therefore never reaches another's parameters (in ``CSReFT`` it does, through the shared QR). Gating and
-exact freezing are ``CSReFT``'s own (``freeze_subspaces``, ``force_gates``, gates carried by training records).
-Bench and notebook 03 use it to separate what orthogonality buys from what separate parameters, gates and freezing buy.
+``SeparateBases(d, rank, k)`` is ``CSReFT``'s edit with the same parameters, but each basis ``Rᵢ`` is orthonormalised
+on its own, not against the others: k separate LoReFT edits whose subspaces may overlap (two random ones by about
+√(r/d)), so training one never reaches another's parameters (in ``CSReFT`` it does, through the shared QR). Gates and
+exact freezing are ``CSReFT``'s. Bench and notebook 03 use it to tell what orthogonality buys from what the rest buys.
 """
 
 from __future__ import annotations

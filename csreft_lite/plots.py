@@ -1,8 +1,6 @@
-"""Matplotlib figures shared by the notebooks, in one style for the whole course.
+"""Matplotlib figures shared by the notebooks, in one style (``use_course_style()``, called once per notebook).
 
-Every helper takes ``ax=None`` (draws a new figure of the course's size when absent), labels its axes and
-title, and returns the figure, so notebooks stay short and pictures look alike. Each notebook calls
-``use_course_style()`` once in its import cell: the same fonts everywhere and retina PNGs in Jupyter.
+Every helper takes ``ax=None`` (a new figure when absent), labels its axes and title, and returns the figure.
 Figures are one panel (``PANEL``) or a full row of two (``panels(2)``), never in between.
 """
 

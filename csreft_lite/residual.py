@@ -1,8 +1,5 @@
-"""Reading and steering the residual stream by hand, with no ``ReftModel``: notebook 01's tools.
-
-``record`` keeps the hidden states after chosen layers; ``add_vector`` adds a steering vector there. They use the same
-forward hooks as ``ReftModel`` (``hooks.hook_layers``), but are not part of the core a project copies.
-"""
+"""Reading and steering the residual stream by hand, with no ``ReftModel`` (notebook 01): ``record`` keeps the hidden
+states after chosen layers, ``add_vector`` adds a steering vector there, through ``hooks.hook_layers`` as ``ReftModel``."""
 
 from __future__ import annotations
 

@@ -11,9 +11,8 @@ A small edit only has to nudge the form (and, for ``count`` and ``sentiment``, t
     count         How many words are in this list: lemon, wagon, owl              -> 3
     sentiment     Is this review positive or negative? "The soup was dreadful."   -> negative
 
-Conflicts (``CONFLICTS``): ``uppercase`` and ``lowercase`` see the same Title-Case word and a
-near-identical instruction, and demand opposite outputs; the four word skills share one input
-format. One shared edit trained on the mixture must tell them apart, so interference shows.
+Conflicts (``CONFLICTS``): ``uppercase`` and ``lowercase`` see the same Title-Case word and near-identical
+instructions, and demand opposite outputs, so one shared edit trained on the mixture shows interference.
 ``compose`` asks for a case skill and a word skill at once (``plural`` in capitals -> GARDENS).
 
 Held-out means unseen: every pool of words, subjects and adjectives is split once by position (every 4th item is

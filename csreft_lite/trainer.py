@@ -1,9 +1,6 @@
-"""``ReftTrainer``: transformers' ``Trainer`` for a ``ReftModel``, saving the folder ``ReftModel.load`` reads.
-
-A plain ``Trainer`` trains a ``ReftModel`` too (``reft.config``, a ``ModelOutput`` with ``loss``), but saves only
-its own and PEFT's models with ``save_pretrained``, any other module as a bare state dict. Not part of the core
-(the course's own loop is ``train.py``): importing it imports transformers' ``Trainer``, which takes seconds.
-"""
+"""``ReftTrainer``: transformers' ``Trainer`` for a ``ReftModel``, saving the folder ``ReftModel.load`` reads. A plain
+``Trainer`` trains a ``ReftModel`` too, but saves any model other than its own and PEFT's as a bare state dict.
+Not in the core: importing transformers' ``Trainer`` takes seconds (the course's own loop is ``train.py``)."""
 
 from __future__ import annotations
 

@@ -254,17 +254,10 @@ def _load_rows(source: str, split: str) -> list[dict]:
 
 
 def ultrafeedback_records(rows: Sequence[dict]) -> list[dict]:
-    """Instruction/response pairs from UltraFeedback rows, for supervised training.
-
-    - ``openbmb/UltraFeedback``: ``{"instruction", "completions": [{"response", "overall_score", ...}]}``;
-      we keep the completion with the highest GPT-4 ``overall_score`` (the natural SFT reading of the
-      LoReFT recipe, which trains on one response per prompt).
-    - ``HuggingFaceH4/ultrafeedback_binarized`` (split ``train_sft``): ``{"prompt", "chosen": [messages]}``;
-      its ``chosen`` reply is also the highest-rated completion.
-    - Rows that already are ``{"instruction", "output"}`` pass through.
-
-    Rows without a usable response are skipped.
-    """
+    """Instruction/response pairs for supervised training (one response per prompt, as the LoReFT recipe): from
+    ``openbmb/UltraFeedback`` the completion with the highest GPT-4 ``overall_score``; from
+    ``HuggingFaceH4/ultrafeedback_binarized`` (``train_sft``) the ``chosen`` reply, the same one; ``{"instruction",
+    "output"}`` rows as they are. Rows without a usable response are skipped."""
     records = []
     for row in rows:
         if "completions" in row:
