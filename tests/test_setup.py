@@ -276,6 +276,16 @@ def test_sync_notebooks_inserts_replaces_and_keeps_code(tmp_path):
     assert sources == [links, "# Title", colab.bootstrap_cell_source(), "x = 1"]
 
 
+def test_the_websites_api_reference_documents_every_module():
+    """website/api.md renders each module of the package from its docstrings; a new module must be added there."""
+    import pkgutil
+
+    modules = {m.name for m in pkgutil.walk_packages(csreft_lite.__path__, "csreft_lite.") if not m.ispkg}
+    documented = set(re.findall(r"automodule:: (csreft_lite\.[\w.]+)", (ROOT / "website" / "api.md").read_text()))
+    assert modules - documented == set(), f"add to website/api.md: {sorted(modules - documented)}"
+    assert documented - modules == set(), f"no such module: {sorted(documented - modules)}"
+
+
 # ---- what a pip install (not a clone) carries ------------------------------------------------
 
 
