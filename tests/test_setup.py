@@ -276,14 +276,17 @@ def test_sync_notebooks_inserts_replaces_and_keeps_code(tmp_path):
     assert sources == [links, "# Title", colab.bootstrap_cell_source(), "x = 1"]
 
 
-def test_the_websites_api_reference_documents_every_module():
-    """website/api.md renders each module of the package from its docstrings; a new module must be added there."""
+def test_every_module_is_in_the_api_reference_and_the_readme():
+    """website/api.md renders each module of the package from its docstrings, and the README's tables say what each holds."""
     import pkgutil
 
     modules = {m.name for m in pkgutil.walk_packages(csreft_lite.__path__, "csreft_lite.") if not m.ispkg}
     documented = set(re.findall(r"automodule:: (csreft_lite\.[\w.]+)", (ROOT / "website" / "api.md").read_text()))
     assert modules - documented == set(), f"add to website/api.md: {sorted(modules - documented)}"
     assert documented - modules == set(), f"no such module: {sorted(documented - modules)}"
+    rows = set(re.findall(r"^\| `([\w/]+)\.py` \|", (ROOT / "README.md").read_text(), re.MULTILINE))
+    listed = {"csreft_lite." + row.replace("/", ".") for row in rows}
+    assert modules - listed == set(), f"add to README's module tables: {sorted(modules - listed)}"
 
 
 # ---- what a pip install (not a clone) carries ------------------------------------------------
