@@ -45,7 +45,6 @@ def check_layers(n: int, layers: Sequence[int]) -> list[int]:
     return [int(layer) % n for layer in layers]
 
 
-
 def check_interventions(n_layers: int, interventions: dict, d_model: int) -> list[int]:
     """``{layer: intervention}``: existing layers, one intervention each, built for the model's hidden size ``d_model``.
     Returns the layers as indices from 0."""
@@ -57,6 +56,7 @@ def check_interventions(n_layers: int, interventions: dict, d_model: int) -> lis
             raise ValueError(f"The intervention for layer {layer} was built for hidden size {module.d_model}, but the "
                              f"model's hidden size is {d_model}. Build it with d_model={d_model}.")
     return layers
+
 
 def check_prompt_lengths(lengths: torch.Tensor, available: torch.Tensor) -> None:
     """One prompt length per example, at least 1 and at most the example's real (unpadded) tokens."""
@@ -115,7 +115,8 @@ def check_gates(gates, k: int) -> torch.Tensor:
 def warn_short_prompts(prompt_lengths: Sequence[int], positions, what: str = "training ") -> None:
     """One warning (pointing at the caller's caller) when prompts are shorter than ``positions`` (a ``hooks.Positions``)
     asks for: they get fewer edited positions, since no token is edited twice and the first group goes first."""
-    need, short = positions.first + positions.last, [n for n in prompt_lengths if n < positions.first + positions.last]
+    need = positions.first + positions.last
+    short = [n for n in prompt_lengths if n < need]
     if positions.all or not short:
         return
     n, both = min(short), positions.first and positions.last
