@@ -354,3 +354,13 @@ def test_gradient_checkpointing_gives_the_same_gradients(checkpointing, monkeypa
     assert len(plain) == len(checkpointed)
     for a, b in zip(plain, checkpointed):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_printed_paths_carry_no_machines_own_folders():
+    """Notebook 05's rendered page prints the config: the shipped data as csreft_lite/..., a temporary folder as <tmp>/."""
+    import tempfile
+
+    assert ae.shown(str(ae.DATA_DIR / "smoke_train.json")) == "csreft_lite/recipes/smoke_data/smoke_train.json"
+    folder = tempfile.mkdtemp(prefix="csreft-test-")
+    assert ae.shown(folder) == "<tmp>/" + Path(folder).name
+    assert ae.shown("meta-llama/Llama-2-7b-hf") == "meta-llama/Llama-2-7b-hf" and ae.shown((3, 9)) == "(3, 9)"

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +170,16 @@ def make_config(path: str | os.PathLike | None = None, smoke: bool | str = "auto
     return RecipeConfig(**values)
 
 
+def shown(value: Any) -> str:
+    """A config value as printed: a path inside the installed package as ``csreft_lite/…`` and one in the temporary
+    folder as ``<tmp>/…``, so printed lines (and the course's rendered pages) carry no machine's own paths."""
+    if isinstance(value, (str, Path)) and Path(value).is_absolute():
+        for root, label in ((Path(cl.__file__).resolve().parents[1], ""), (Path(tempfile.gettempdir()).resolve(), "<tmp>/")):
+            if Path(value).resolve().is_relative_to(root):
+                return label + Path(value).resolve().relative_to(root).as_posix()
+    return str(value)
+
+
 def say(config: RecipeConfig, *parts) -> None:
     """Print one line, prefixed with ``[SMOKE]`` or ``[FULL]``."""
     print(config.tag, *parts, flush=True)
@@ -301,7 +312,7 @@ def load_train_records(config: RecipeConfig) -> list[dict]:
     """Training pairs: UltraFeedback from the hub (full run) or ``smoke_data/smoke_train.json`` (smoke)."""
     records = ultrafeedback_records(_load_rows(config.train_dataset, config.train_split))
     records = _subsample(records, config.max_train_examples, config.seed)
-    say(config, f"training data: {len(records):,} instruction/response pairs from {config.train_dataset}")
+    say(config, f"training data: {len(records):,} instruction/response pairs from {shown(config.train_dataset)}")
     return records
 
 
@@ -312,7 +323,7 @@ def load_eval_records(config: RecipeConfig) -> list[dict]:
         source = str(cl_eval.alpaca_eval_file("alpaca_eval.json", ", or pass a local copy as eval_dataset (--eval-dataset)"))
     records = alpaca_eval_records(_load_rows(source, "eval"))
     records = records[: config.max_eval_examples] if config.max_eval_examples else records
-    say(config, f"eval prompts: {len(records)} from {config.eval_dataset}")
+    say(config, f"eval prompts: {len(records)} from {shown(config.eval_dataset)}")
     return records
 
 
@@ -380,7 +391,7 @@ def train_reft(reft: cl.ReftModel, tok, records: list[dict], config: RecipeConfi
         reft.model.config.use_cache = True
     peak = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if torch.cuda.is_available() else ""
     if not history.losses:
-        say(config, f"nothing left to train: the checkpoint in {config.output_dir}/checkpoint is at step {history.steps}")
+        say(config, f"nothing left to train: the checkpoint in {shown(config.output_dir)}/checkpoint is at step {history.steps}")
         return history
     rate = history.tokens / history.seconds if history.seconds else float("nan")
     say(config, f"trained {len(history.losses)} steps in {history.seconds:.0f} s: loss {history.losses[0]:.3f} → {history.final_loss:.3f}, "
@@ -414,7 +425,7 @@ def generate_outputs(reft, tok, eval_records: list[dict], config: RecipeConfig) 
     path = cl_eval.write_alpaca_eval_outputs(
         Path(config.output_dir) / "model_outputs.json", instructions, outputs, config.generator_name, [r["dataset"] for r in eval_records]
     )
-    say(config, f"generated {len(outputs)} answers in {seconds:.0f} s → {path}")
+    say(config, f"generated {len(outputs)} answers in {seconds:.0f} s → {shown(path)}")
     return outputs, path
 
 
@@ -573,7 +584,7 @@ def run(config: RecipeConfig) -> dict:
         "score": result,
     }
     (Path(config.output_dir) / "results.json").write_text(json.dumps(summary, indent=1, default=str))
-    say(config, f"done: results in {Path(config.output_dir) / 'results.json'}")
+    say(config, f"done: results in {shown(Path(config.output_dir) / 'results.json')}")
     return summary
 
 
