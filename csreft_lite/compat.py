@@ -4,7 +4,9 @@ a version itself. CI runs transformers 4.45.1, 4.57.6 and 5.x (README, "Tested v
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import inspect
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from importlib import metadata
 from pathlib import Path
 from typing import Iterator
@@ -37,20 +39,39 @@ def is_checkpointing(model: nn.Module) -> bool:
     return bool(getattr(model, name, False))
 
 
+# The hooks of the ReftModel call under way, as a function that returns them as a context manager (None: no call).
+UNDER_WAY: ContextVar = ContextVar("csreft_call_under_way", default=None)
+
+
+def recompute_context() -> tuple:
+    """``torch.utils.checkpoint``'s ``context_fn``: a layer recomputed in the backward pass runs under the hooks of the
+    call that ran it first, taken when it ran. 4.x checkpoints a layer's ``__call__``, forward hooks included, so its
+    backward re-runs them, long after that call took its hooks off; 5.x checkpoints ``forward`` only (goes with 4.x)."""
+    hooks = UNDER_WAY.get()
+    return nullcontext(), (nullcontext() if hooks is None else hooks())
+
+
 def set_checkpointing(model: nn.Module, enabled: bool = True) -> None:
     """Activation (gradient) checkpointing on or off, non-reentrant (so gradients reach interventions whose inputs need
-    none); transformers checkpoints only in training mode. 5.x renamed ``gradient_checkpointing_enable`` to
-    ``activation_checkpointing_enable`` and warns on the old name (goes with 4.x). 4.x checkpoints a layer's
-    ``__call__``, hooks included, so its backward pass re-runs our hooks; 5.x only ``forward``."""
+    none) with ``recompute_context``; transformers checkpoints only in training mode. 5.x renamed
+    ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable`` and warns on the old name (goes with 4.x)."""
     new = hasattr(model, "activation_checkpointing_enable")
+    kwargs = {"use_reentrant": False, "context_fn": recompute_context}
     if enabled and new:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     elif enabled:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     elif new:
         model.activation_checkpointing_disable()
     else:
         model.gradient_checkpointing_disable()
+
+
+def logits_to_keep(model: nn.Module, n: int) -> dict:
+    """The keyword that makes ``model`` compute logits for its last ``n`` positions only: ``logits_to_keep`` (4.50+),
+    ``num_logits_to_keep`` (4.45-4.49); none for a model that takes neither (it computes them all; goes with 4.49)."""
+    accepted = inspect.signature(model.forward).parameters
+    return next(({name: n} for name in ("logits_to_keep", "num_logits_to_keep") if name in accepted), {})
 
 
 # ---------------------------------------------------------------- loading

@@ -165,7 +165,8 @@ class Collator:
             "attention_mask": torch.tensor([pad([1] * len(e["input_ids"]), 0) for e in examples]),
             "labels": torch.tensor([pad(list(e.get("labels", e["input_ids"])), -100) for e in examples]),
         }
-        out["prompt_lengths"] = torch.tensor([e["prompt_length"] for e in examples], dtype=torch.long)
+        if all("prompt_length" in e for e in examples):  # without: ReftModel reads them from the labels
+            out["prompt_lengths"] = torch.tensor([e["prompt_length"] for e in examples], dtype=torch.long)
         if all("instruction_span" in e for e in examples):
             out["instruction_spans"] = torch.tensor([list(e["instruction_span"]) for e in examples], dtype=torch.long)
         if any("gates" in e for e in examples):

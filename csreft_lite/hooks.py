@@ -81,6 +81,20 @@ def _prompt_lengths(attention_mask: torch.Tensor, prompt_lengths) -> torch.Tenso
     return lengths
 
 
+def prompt_lengths_from_labels(labels: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each row's prompt length read from its labels: the real tokens before its first label (-100 on the prompt, as
+    ``data.make_dataset`` writes them). A row supervised from its first token has no prompt: an error naming the fix."""
+    supervised = labels != -100
+    first = torch.where(supervised.any(1), supervised.int().argmax(1), attention_mask.shape[1])  # [batch]
+    lengths = torch.minimum(first, prompt_starts(attention_mask) + attention_mask.long().sum(1)) - prompt_starts(attention_mask)
+    if bool((lengths < 1).any()):
+        i = int((lengths < 1).nonzero()[0])
+        raise ValueError(f"Row {i} has no prompt_lengths and its labels learn from its first token, so none of its tokens "
+                         f"is a prompt position to edit (positions such as 'f5+l5' count prompt tokens). Give the prompt "
+                         f"labels -100 (data.make_dataset does), or pass prompt_lengths [batch].")
+    return lengths
+
+
 def resolve_positions(spec: "str | Positions", attention_mask: torch.Tensor, prompt_lengths: torch.Tensor | None = None) -> PositionIndex:
     """Turn a spec into sequence indices for a padded batch; ``prompt_lengths [batch]`` (default: every real token).
 
@@ -132,13 +146,14 @@ def edit_at(hidden: torch.Tensor, where: PositionIndex, fn: Callable, group: sli
 # ---------------------------------------------------------------- hooks on decoder layers
 
 
-def hook_layers(model: nn.Module, edits: dict[int, Callable[[torch.Tensor], torch.Tensor]]) -> list:
-    """Replace the output ``h`` of each chosen decoder layer by ``edits[layer](h)`` (forward hooks); returns their handles."""
+def hook_layers(model: nn.Module, edits: dict[int, Callable[[torch.Tensor], torch.Tensor]], first: bool = False) -> list:
+    """Replace the output ``h`` of each chosen decoder layer by ``edits[layer](h)`` (forward hooks; ``first``: before the
+    layer's other hooks, which then see the edited output); returns their handles."""
     layers = decoder_layers(model)
     handles = []
     for layer, fn in zip(check_layers(len(layers), list(edits)), edits.values()):
         def hook(module, args, output, fn=fn):
             return replace_hidden(output, fn(hidden_of(output)))
 
-        handles.append(layers[layer].register_forward_hook(hook))
+        handles.append(layers[layer].register_forward_hook(hook, prepend=first))
     return handles

@@ -5,8 +5,8 @@ the interventions' and the router's (CS-ReFT: run once per forward pass, its gat
 from __future__ import annotations
 
 import copy
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -18,10 +18,11 @@ from transformers.utils import ModelOutput
 
 from . import checkpoint
 from .checkpoint import key
-from .compat import is_checkpointing, set_checkpointing
+from .compat import UNDER_WAY, is_checkpointing, logits_to_keep, set_checkpointing
 from .data import collator_for
 from .architecture import decoder_layers, hidden_size, model_name
-from .hooks import PositionIndex, Positions, edit_at, hook_layers, position_ids, resolve_positions, span_mask
+from .hooks import (PositionIndex, Positions, edit_at, hook_layers, position_ids, prompt_lengths_from_labels,
+                    resolve_positions, span_mask)
 from .interventions import CSReFT
 from .routing import Router, instruction_summary
 from .validate import check_batch, check_gates, check_interventions, check_layers, check_router
@@ -39,17 +40,21 @@ class ReftOutput(ModelOutput):
 
 
 @dataclass
-class _Call:
-    """One ``forward``, ``generate`` or ``route`` call, the hooks' only state: where to edit, whether to, what the
-    router reads, and what it gave (``last_gates``, ``last_probs``, ``last_summary`` keep those, detached)."""
+class Call:
+    """One ``forward``, ``generate`` or ``route`` call: made by that method, handed to its hooks, gone when it returns
+    (a layer that transformers 4.x recomputes in the backward pass gets a ``replay()`` of it, ``compat.recompute_context``)."""
 
-    where: PositionIndex
-    editing: bool = True  # False under ``disabled()``, and after generate's prefill (decode steps run the base model)
+    where: PositionIndex  # the prompt positions to edit
+    gates: torch.Tensor | None = None  # [batch, k]: given, forced, or the router's (at the router's layer)
     summary_mask: torch.Tensor | None = None  # [batch, seq]: the instruction tokens the router averages
-    gates: torch.Tensor | None = None  # [batch, k]
     probs: torch.Tensor | None = None  # [batch, k], for the router's penalty
     summary: torch.Tensor | None = None  # [batch, d]: what the router read
     stop_after_routing: bool = False  # ``route``: no layer after the router's runs
+    edited: set = field(default_factory=set)  # the layers edited so far: each once, on the prompt's pass
+
+    def replay(self) -> "Call":
+        """This call for a layer recomputed in the backward pass: the same positions and gates, that layer not yet edited."""
+        return replace(self, edited=set())
 
 
 class _Routed(Exception):
@@ -62,7 +67,8 @@ class ReftModel(nn.Module):
     ``share_positions=False`` gives the first and last positions separate copies ("untied", the LoReFT AlpacaEval
     recipe). With ``cl.CSReFT`` interventions, ``router`` (default ``Router(d, k)``) reads ``router_layer`` (default:
     the first CS-ReFT layer, before its edit), and calls need ``instruction_spans`` (``data.make_dataset`` and
-    ``evaluate.generate_answers`` provide them) unless gates are forced. Interventions stay float32.
+    ``evaluate.generate_answers`` provide them) unless gates are given. Interventions stay float32. The base model
+    carries no hook between calls: each call hooks its layers for its own duration (``_hooked``).
     """
 
     accepts_loss_kwargs = False  # Trainer: the loss is a mean over this batch's tokens; pass no num_items_in_batch
@@ -91,78 +97,82 @@ class ReftModel(nn.Module):
         self.router = (router or Router(d, next(iter(routed.values())).n_subspaces)) if routed else None
         self.to(next(model.parameters()).device)
         model.requires_grad_(False)
-        self._call: _Call | None = None
-        self._forced: torch.Tensor | None = None
-        self._enabled = True
-        self._handles: list = []
-        self.last_gates = self.last_probs = self.last_summary = None  # the last call's [batch, k], [batch, k], [batch, d]
-        self.attach()
+        self._forced: torch.Tensor | None = None  # force_gates' setting, for the calls inside its block
+        self._enabled = True  # False inside disabled()
+        self._attached = True  # False after remove()
+        self.last_gates = self.last_probs = self.last_summary = None  # the last call's, detached: for notebooks to read
 
-    # ------------------------------------------------------------ hooks
+    # ------------------------------------------------------------ one call: its hooks and its edit
 
-    def attach(self) -> None:
-        """Install the hooks (done by the constructor; undone by ``remove()``)."""
-        if not self._handles:
-            hooked = sorted({*self.layers, *([self.router_layer] if self.router is not None else [])})
-            self._handles = hook_layers(self.model, {layer: partial(self._edit, layer) for layer in hooked})
+    def _new_call(self, attention_mask: torch.Tensor, prompt_lengths=None, instruction_spans=None, gates=None,
+                  enabled: bool | None = None) -> Call | None:
+        """What this call edits, and with which gates; None runs the base model (inside ``disabled()``)."""
+        if not self._attached:
+            raise RuntimeError("This ReftModel was removed from its base model; call reft.attach() to use it again.")
+        where = resolve_positions(self.positions, attention_mask, prompt_lengths)  # left or right padding
+        if not (self._enabled if enabled is None else enabled):
+            return None
+        call = Call(where=where)
+        gates = self._forced if gates is None else check_gates(gates, self.router.n_subspaces)  # [1 or batch, k]
+        if self.router is None:
+            return call
+        if gates is not None:
+            if gates.shape[0] not in (1, attention_mask.shape[0]):
+                raise ValueError(f"Gates for {gates.shape[0]} examples were given but the batch has {attention_mask.shape[0]}.")
+            call.gates = gates.to(attention_mask.device).expand(attention_mask.shape[0], -1)
+        elif instruction_spans is not None:
+            call.summary_mask = span_mask(attention_mask, instruction_spans, prompt_lengths)
+        else:
+            raise ValueError("This ReftModel's router reads each prompt's instruction tokens: pass instruction_spans "
+                             "([batch, 2], as data.make_dataset / data.encode_prompt give them), or give the gates "
+                             "(gates=[...] or reft.force_gates([...])).")
+        return call
 
-    def remove(self) -> None:
-        """Take the hooks away: the base model behaves exactly as before."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles, self._call = [], None
+    @contextmanager
+    def _hooked(self, call: Call | None) -> Iterator[Call | None]:
+        """``_edit`` hooked on the layers for this call, and taken off when it returns (``None``: no hooks)."""
+        layers = sorted({*self.layers, *([self.router_layer] if self.router is not None else [])})
+        handles = [] if call is None else hook_layers(self.model, {layer: partial(self._edit, call, layer) for layer in layers}, first=True)
+        token = UNDER_WAY.set(None if call is None else (lambda: self._hooked(call.replay())))  # for a 4.x recompute
+        try:
+            yield call
+            if call is not None:  # what this call produced, kept for a notebook to look at
+                self.last_gates, self.last_probs, self.last_summary = (
+                    None if t is None else t.detach() for t in (call.gates, call.probs, call.summary))
+        finally:
+            UNDER_WAY.reset(token)
+            for handle in handles:
+                handle.remove()
 
-    def __enter__(self) -> "ReftModel":
-        return self
-
-    def __exit__(self, *exc) -> None:  # leaving a ``with`` block removes the hooks
-        self.remove()
-
-    def _edit(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
-        """What the hook on ``layer`` makes of its output ``hidden [batch, seq, d]`` during the call under way."""
-        call = self._call
-        if call is None or not call.editing or hidden.shape[1] != call.where.seq_len:
-            return hidden  # no call under way, edits off, or a cached decode step
-        if layer == self.router_layer and call.summary_mask is not None:
-            # Read before this layer's own edit. Routed again when transformers 4.x's checkpointing re-runs this
-            # layer's hooks in the backward pass: the recompute must save what the forward saved (same gates).
+    def _edit(self, call: Call, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Layer ``layer``'s output ``hidden [batch, seq, d]`` with this call's edit: where every edit is applied."""
+        if layer in call.edited:
+            return hidden  # a later pass of the same call: generate's decode steps (the KV cache carries the edit)
+        call.edited.add(layer)
+        if layer == self.router_layer and call.summary_mask is not None:  # read before this layer's own edit
             call.summary = instruction_summary(hidden, call.summary_mask)  # [batch, d]
             call.gates, call.probs = self.router(call.summary, with_probs=True)  # [batch, k] each
             if call.stop_after_routing:
                 raise _Routed
-        if layer not in self.layers:
-            return hidden
-        for group in self.copies:
+        for group in self.copies if layer in self.layers else ():
             module = self.interventions[key(layer, group)]
             fn = partial(module, gates=call.gates) if isinstance(module, CSReFT) else module  # CS-ReFT: this call's gates
             hidden = edit_at(hidden, call.where, fn, None if group is None else call.where.groups[group])
         return hidden
 
-    @contextmanager
-    def _active(self, attention_mask: torch.Tensor, prompt_lengths=None, instruction_spans=None) -> Iterator[_Call]:
-        """Set up the call: positions to edit, and forced gates or the router's input mask."""
-        if not self._handles:
-            raise RuntimeError("This ReftModel was removed from its base model; call reft.attach() to use it again.")
-        where = resolve_positions(self.positions, attention_mask, prompt_lengths)  # left or right padding
-        call = _Call(where=where, editing=self._enabled)
-        if self.router is not None and self._forced is not None:
-            if self._forced.shape[0] not in (1, attention_mask.shape[0]):
-                raise ValueError(f"force_gates got gates for {self._forced.shape[0]} examples but the batch has {attention_mask.shape[0]}.")
-            call.gates = self._forced.to(attention_mask.device).expand(attention_mask.shape[0], -1)
-        elif self.router is not None and instruction_spans is not None:
-            call.summary_mask = span_mask(attention_mask, instruction_spans, prompt_lengths)
-        elif self.router is not None and self._enabled:
-            raise ValueError("This ReftModel's router reads each prompt's instruction tokens: pass instruction_spans "
-                             "([batch, 2], as data.make_dataset / data.encode_prompt give them), or fix the gates with "
-                             "reft.force_gates([...]).")
-        self._call = call
-        try:
-            yield call
-            detached = [None if t is None else t.detach() for t in (call.gates, call.probs, call.summary)]
-            self.last_gates, self.last_probs, self.last_summary = detached  # what this call produced, kept in one place
-        finally:  # with checkpointing, backward re-runs the layers (and our hooks) after forward returns
-            if not is_checkpointing(self.model):
-                self._call = None
+    def attach(self) -> None:
+        """Use this ReftModel again after ``remove()``."""
+        self._attached = True
+
+    def remove(self) -> None:
+        """Retire this ReftModel: later calls raise. (The base model carries no hook between calls in any case.)"""
+        self._attached = False
+
+    def __enter__(self) -> "ReftModel":
+        return self
+
+    def __exit__(self, *exc) -> None:  # leaving a ``with`` block retires it
+        self.remove()
 
     @contextmanager
     def _swapped(self, name: str, value) -> Iterator[None]:
@@ -191,52 +201,56 @@ class ReftModel(nn.Module):
                 prompt_lengths: torch.Tensor | None = None, instruction_spans: torch.Tensor | None = None,
                 gates: torch.Tensor | None = None, **kwargs):
         """The base model's output with the edits applied; with ``labels`` (-100 where nothing is learned) a ``ReftOutput``
-        whose loss is the mean cross-entropy over supervised tokens plus the router's penalty. ``instruction_spans``
+        whose loss is the mean cross-entropy over supervised tokens plus the router's penalty. ``prompt_lengths``
+        ``[batch]`` (default: with labels, the tokens before each row's first label; else every token); ``instruction_spans``
         ``[batch, 2]``: what the router reads; ``gates`` ``[batch, k]``: this call's gates instead (e.g. a skill label)."""
         attention_mask = check_batch(self.model, input_ids, attention_mask, labels)
         if labels is not None and kwargs:
             raise TypeError(f"ReftModel.forward with labels takes input_ids, attention_mask, labels, prompt_lengths, "
                             f"instruction_spans and gates; it got {sorted(kwargs)} as well. Drop them (with transformers' "
-                            f"Trainer: collate with data.collator_for(tokenizer) and remove_unused_columns=False).")
-        fixed = self.force_gates(gates) if gates is not None else nullcontext()
-        with fixed, self._active(attention_mask, prompt_lengths, instruction_spans) as call:
+                            f"Trainer: collate with data.collator_for(tokenizer)).")
+        if gates is not None and self.router is None:
+            raise ValueError("gates are for routed interventions (cl.CSReFT); these have none.")
+        if labels is not None and prompt_lengths is None:
+            prompt_lengths = prompt_lengths_from_labels(labels, attention_mask)
+        call = self._new_call(attention_mask, prompt_lengths, instruction_spans, gates)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids(attention_mask)}
+        with self._hooked(call):  # each hooked layer's output goes through self._edit(call, layer, ·)
             if labels is None:  # any other keyword goes to the base model, which checks it
-                return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), **kwargs)
-            return self._loss(input_ids, attention_mask, labels, call)
+                return self.model(**inputs, **kwargs)
+            return self._loss(inputs, labels, call)
 
-    def _loss(self, input_ids, attention_mask, labels, call: _Call) -> ReftOutput:
-        """Logits only where a label is supervised (no vocabulary projection of prompt tokens), unless the model scales logits."""
+    def _loss(self, inputs: dict, labels: torch.Tensor, call: Call | None) -> ReftOutput:
+        """Cross-entropy of the model's own logits (its head, logit scaling and softcapping included), computed from the
+        batch's first supervised position on (``logits_to_keep``): most prompt tokens never reach the vocabulary."""
         targets = labels[:, 1:]
         supervised = targets != -100  # [batch, seq-1]
         if not bool(supervised.any()):
             raise ValueError("Every label in this batch is -100: there is no response token to learn from.")
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids(attention_mask)}
-        if getattr(self.model.config, "final_logit_softcapping", None) or getattr(self.model.config, "logit_scale", None):
-            picked = self.model(**inputs).logits[:, :-1][supervised]
-        else:
-            hidden = self.model.base_model(**inputs).last_hidden_state
-            picked = self.model.get_output_embeddings()(hidden[:, :-1][supervised])  # [n_tokens, vocab]
+        first = int(supervised.any(0).int().argmax())  # the first column any row learns from
+        keep = labels.shape[1] - first  # logits for positions first .. seq-1
+        logits = self.model(**inputs, use_cache=False, **logits_to_keep(self.model, keep)).logits
+        picked = logits[:, -keep:-1][supervised[:, first:]]  # [n_tokens, vocab]
         ce = F.cross_entropy(picked.float(), targets[supervised])
-        penalty = self.router.penalty(call.probs) if call.probs is not None else None
+        probs = None if call is None else call.probs
+        penalty = self.router.penalty(probs) if probs is not None else None
         loss = ce if penalty is None else ce + penalty
         return ReftOutput(loss=loss, ce_loss=ce.detach(), penalty=None if penalty is None else penalty.detach(),
                           n_tokens=int(supervised.sum()))
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 instruction_spans: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        """``model.generate`` with the edits applied to the (left-padded) prompts. The edits act during the prefill; the
+                 instruction_spans: torch.Tensor | None = None, gates: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """``model.generate`` with the edits applied to the (left-padded) prompts. The edits act on the prompt's pass; the
         KV cache carries them to every generated token, and decode steps run the base model: no slower than it."""
         attention_mask = check_batch(self.model, input_ids, attention_mask)
         if bool((attention_mask[:, -1] == 0).any()):
             raise ValueError("generate() needs left padding (the last column is padding); set tokenizer.padding_side='left'.")
+        if gates is not None and self.router is None:
+            raise ValueError("gates are for routed interventions (cl.CSReFT); these have none.")
         kwargs.setdefault("pad_token_id", getattr(self.model.generation_config, "pad_token_id", None) or self.model.config.eos_token_id)
-        with self._active(attention_mask, None, instruction_spans) as call:
-            stop = self.model.register_forward_hook(lambda *args: setattr(call, "editing", False))  # edit the prefill only
-            try:
-                return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-            finally:
-                stop.remove()
+        with self._hooked(self._new_call(attention_mask, None, instruction_spans, gates)):
+            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     # ------------------------------------------------------------ the router's start
 
@@ -248,14 +262,15 @@ class ReftModel(nn.Module):
         if self.router is None:
             raise ValueError("route needs a ReftModel with a router (cl.CSReFT interventions).")
         attention_mask = check_batch(self.model, input_ids, attention_mask)
-        with self._active(attention_mask, prompt_lengths, instruction_spans) as call:
-            if call.summary_mask is not None:
-                call.stop_after_routing = True
+        call = self._new_call(attention_mask, prompt_lengths, instruction_spans, enabled=True)
+        if call.summary_mask is not None:
+            call.stop_after_routing = True
+            with self._hooked(call):
                 try:
                     self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask))
                 except _Routed:
                     pass
-        return self.last_gates, self.last_probs, self.last_summary
+        return tuple(None if t is None else t.detach() for t in (call.gates, call.probs, call.summary))
 
     def router_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       instruction_spans: torch.Tensor | None = None, prompt_lengths: torch.Tensor | None = None, **ignored) -> torch.Tensor:

@@ -16,7 +16,7 @@ import csreft_lite as cl
 from csreft_lite import checkpoint, data, evaluate, judge, train
 from csreft_lite.recipes import alpacaeval as ae
 
-from .tiny import tiny_llama
+from .tiny import hooks_inside_enable, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ae.DATA_DIR / "alpaca_eval_annotations_fixture.json"
@@ -306,33 +306,18 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
     assert not any(f.suffix in (".pt", ".bin", ".pkl") for f in (tmp_path / "b").iterdir())  # safetensors + JSON only
 
 
-class _CheckpointedCall(torch.nn.Module):
-    """A decoder layer checkpointed with its forward hooks inside, as transformers 4.x does it (5.x keeps hooks outside)."""
-
-    def __init__(self, layer):
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, *args, **kwargs):
-        return torch.utils.checkpoint.checkpoint(self.layer, *args, use_reentrant=False, **kwargs)
-
-
-def _gradients(checkpointing, monkeypatch):
+def _gradients(checkpointing):
     """Gradients of a two-layer CS-ReFT (router included) and how often layer 2's MLP ran, for one backward."""
     model = tiny_llama()
-    if checkpointing == "transformers":
-        cl.models.set_checkpointing(model, True)
-        model.train()  # transformers checkpoints only in training mode (Llama has no dropout to switch on)
     reft = cl.ReftModel(model, {1: cl.CSReFT(32, 2, 2), 3: cl.CSReFT(32, 2, 2)}, positions="f2+l2", share_positions=False)
+    if checkpointing:
+        reft.gradient_checkpointing_enable()
+        model.train()  # transformers checkpoints only in training mode (Llama has no dropout to switch on)
+    if checkpointing == "hooks inside":  # the whole call checkpointed, our hooks included, as transformers 4.x does
+        hooks_inside_enable(model)
     counter = [0]  # runs of an MLP inside layer 2, between the two intervened layers
     mlp = cl.decoder_layers(model)[2].mlp
     mlp.forward = lambda *args, _run=mlp.forward, **kw: (counter.__setitem__(0, counter[0] + 1), _run(*args, **kw))[1]
-    if checkpointing == "hooks inside":  # after ReftModel hooked the layers, so the hooks run inside each checkpoint
-        model.config.use_cache = False  # a KV cache would be written twice, by the forward and by the recompute
-        monkeypatch.setattr(cl.reft_model, "is_checkpointing", lambda model: True)  # what transformers 4.x reports
-        layers = model.model.layers
-        for i in range(len(layers)):
-            layers[i] = _CheckpointedCall(layers[i])
     torch.manual_seed(0)
     for p in reft.parameters():
         p.data.add_(0.1 * torch.randn_like(p))
@@ -345,11 +330,11 @@ def _gradients(checkpointing, monkeypatch):
 
 
 @pytest.mark.parametrize("checkpointing", ["transformers", "hooks inside"])
-def test_gradient_checkpointing_gives_the_same_gradients(checkpointing, monkeypatch):
+def test_gradient_checkpointing_gives_the_same_gradients(checkpointing):
     """The installed transformers' checkpointing, and the 4.x way (hooks re-run in the backward pass: the router
     must then be recomputed too, or the recompute saves fewer tensors than the forward and torch refuses)."""
-    plain, plain_calls = _gradients(None, monkeypatch)
-    checkpointed, calls = _gradients(checkpointing, monkeypatch)
+    plain, plain_calls = _gradients(None)
+    checkpointed, calls = _gradients(checkpointing)
     assert (plain_calls, calls) == (1, 2)  # with checkpointing the layer is recomputed during backward
     assert len(plain) == len(checkpointed)
     for a, b in zip(plain, checkpointed):

@@ -174,6 +174,7 @@ def test_router_penalty_is_added_to_the_loss_only_when_the_router_ran(model):
     reft = cl.ReftModel(model, {1: cl.CSReFT(D, 2, 3)}, positions="f2", router=router)
     x = ids()
     labels = x.clone()
+    labels[:, :6] = -100  # the prompt: 6 tokens
     out = reft(x, labels=labels, instruction_spans=spans())
     assert out.penalty is not None and torch.allclose(out.loss, out.ce_loss + out.penalty)
     assert torch.allclose(out.penalty, router.penalty(reft.last_probs))  # the probabilities of this very call

@@ -59,3 +59,44 @@ def perturbed(module, seed: int = 0):
         for p in module.parameters():
             p.add_(0.5 * torch.randn_like(p))
     return module
+
+
+def checkpoint_hooks_inside(model) -> None:
+    """Make ``model``'s decoder layers checkpoint their whole call, forward hooks included, as transformers 4.x does
+    (``checkpoint(layer.__call__)``; 5.x checkpoints ``forward`` only, hooks outside), with the checkpoint function
+    that ``gradient_checkpointing_enable`` installed. Checkpoints in training mode with gradients only, like transformers."""
+    import torch.utils.checkpoint
+    from torch import nn
+
+    model.config.use_cache = False  # a KV cache would be written twice, by the forward and by the recompute
+    for layer in model.model.layers:
+        class HooksInside(type(layer)):
+            def __call__(self, *args, **kwargs):
+                if not (self.training and torch.is_grad_enabled() and self.checkpoint_calls) or self.running:
+                    return nn.Module.__call__(self, *args, **kwargs)
+
+                def run(*inputs):
+                    self.running = True
+                    try:
+                        return nn.Module.__call__(self, *inputs, **kwargs)
+                    finally:
+                        self.running = False
+
+                return self._gradient_checkpointing_func(run, *args)
+
+        layer.__class__ = HooksInside
+        layer.running = False
+        layer.checkpoint_calls = True
+
+
+def hooks_inside_enable(model) -> None:
+    """After ``gradient_checkpointing_enable``: the layers' own (5.x) checkpointing of ``forward`` stands aside, and the
+    whole call is checkpointed instead (``checkpoint_hooks_inside``). Under transformers 4.x, which does that itself and
+    keeps the checkpoint function on the model rather than on each layer, the test is skipped (its real case runs)."""
+    import pytest
+
+    if not hasattr(model.model.layers[0], "_gradient_checkpointing_func"):
+        pytest.skip("the installed transformers (4.x) checkpoints the layers' hooks itself")
+    checkpoint_hooks_inside(model)
+    for layer in model.model.layers:
+        layer.gradient_checkpointing = False
