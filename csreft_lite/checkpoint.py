@@ -133,6 +133,9 @@ def _read_config(file: Path) -> dict:
         ) from error
     if not isinstance(config, dict):
         raise CheckpointError(f"{file} holds a {type(config).__name__}, not the JSON object that ReftModel.save() writes.")
+    if isinstance(config.get("format"), int) and config["format"] > FORMAT:
+        raise CheckpointError(f"{file} was written by a newer csreft_lite (version {config.get('version')}, checkpoint "
+                              f"format {config['format']}); this version reads formats up to {FORMAT}. Upgrade csreft_lite.")
     wrong = [f"'{k}' ({'missing' if k not in config else type(config[k]).__name__ + ', expected ' + t.__name__})"
              for k, t in _CONFIG_FIELDS.items() if not isinstance(config.get(k), t)]
     if wrong:

@@ -12,7 +12,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 
 from .hooks import Positions, resolve_positions
-from .validate import warn_short_prompts
+from .validate import check_gates, warn_short_prompts
 
 ALPACA_TEMPLATE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
@@ -55,6 +55,9 @@ def _split_record(record: Mapping) -> tuple:
         return messages[:-1], messages[-1]["content"]
     if "instruction" not in record or "output" not in record:
         raise ValueError(f"Each record needs 'instruction' and 'output' (or 'messages'); got keys {sorted(record)}.")
+    for name in ("instruction", "output", *(["input"] if record.get("input") else [])):
+        if not isinstance(record[name], str):
+            raise ValueError(f"'{name}' must be text, got {type(record[name]).__name__} {record[name]!r:.40}.")
     extra = f"\n\n{record['input']}" if record.get("input") else ""  # Alpaca records with an input field
     return record["instruction"] + extra, record["output"]
 
@@ -108,7 +111,7 @@ def tokenize_example(tokenizer, record: Mapping, template: str = "auto", max_len
     row = {"input_ids": full[:max_length], "labels": labels[:max_length], "prompt_length": len(prompt_ids),
            "instruction_span": list(span), "truncated": len(full) > max_length}
     if "gates" in record:  # CS-ReFT gates fixed for this example, e.g. its skill label as a one-hot vector
-        row["gates"] = [float(g) for g in record["gates"]]
+        row["gates"] = check_gates(record["gates"], len(record["gates"]))[0].tolist()
     return row
 
 
@@ -126,7 +129,12 @@ def make_dataset(records: Iterable[Mapping], tokenizer, template: str = "auto", 
     records = list(records)
     if not records:
         raise ValueError("The data set is empty: pass at least one {'instruction': ..., 'output': ...} record.")
-    rows = [tokenize_example(tokenizer, record, template, max_length) for record in records]
+    rows = []
+    for i, record in enumerate(records):
+        try:
+            rows.append(tokenize_example(tokenizer, record, template, max_length))
+        except (ValueError, TypeError) as error:  # name the record: a data set has thousands
+            raise ValueError(f"Record {i} ({str(record)[:80]}): {error}") from error
     kept = [row for row in rows if row["prompt_length"] < max_length]
     cut = sum(row["truncated"] for row in kept)
     if cut:

@@ -19,6 +19,7 @@ def generate_answers(model, tokenizer, instructions: Sequence, *, max_new_tokens
                      template: str = "auto", progress: bool = False, **generate_kwargs) -> list[str]:
     """Greedy answers (by default) to each instruction, without the prompt: prompts encoded as in training
     (``data.prompt_batch``), left-padded in batches; ``generate_kwargs`` go to ``generate``."""
+    _check_list(instructions, "generate_answers")
     instructions = list(instructions)
     if not instructions:
         raise ValueError("No instructions to answer.")
@@ -40,6 +41,12 @@ def generate_answers(model, tokenizer, instructions: Sequence, *, max_new_tokens
     return answers
 
 
+def _check_list(instructions, name: str) -> None:
+    """A list of prompts, not one string (whose characters would each become a prompt)."""
+    if isinstance(instructions, (str, dict)):
+        raise TypeError(f"{name} takes a list of instructions and got one {type(instructions).__name__}: pass [{instructions!r:.40}].")
+
+
 def skill_accuracy(model, tokenizer, examples: Sequence, *, max_new_tokens: int = 16, batch_size: int = 32, **kwargs) -> dict[str, float]:
     """Held-out accuracy per skill (and the mean) of a list of ``tasks.Example``, by greedy generation."""
     from .tasks import score
@@ -57,6 +64,7 @@ def skill_accuracy(model, tokenizer, examples: Sequence, *, max_new_tokens: int 
 def route(reft, tokenizer, instructions: Sequence, *, template: str = "auto", batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """The gates and the router's probabilities each prompt gets, ``([n, k], [n, k])``, exactly as at generation (the
     model runs up to the router's layer: ``ReftModel.route``). Under ``force_gates`` the probabilities are the gates."""
+    _check_list(instructions, "route")
     if getattr(reft, "router", None) is None:
         raise ValueError("route() needs a ReftModel with a router (cl.CSReFT interventions).")
     device = next(reft.model.parameters()).device

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from . import checkpoint
 from .data import collator_for
 from .progress import Progress
-from .validate import warn_short_prompts
+from .validate import check_training, warn_short_prompts
 
 
 @dataclass
@@ -72,8 +72,7 @@ def train(reft, dataset, tokenizer=None, *, epochs: float = 1, batch_size: int =
     """
     if len(dataset) == 0:
         raise ValueError("The training data set is empty: nothing to train on.")
-    if schedule not in ("linear", "constant"):
-        raise ValueError(f"schedule must be 'linear' or 'constant', got {schedule!r}.")
+    check_training(epochs, batch_size, grad_accum, max_steps, warmup_ratio, schedule)
     set_seed(seed)
     accelerator = accelerator or _default_accelerator(grad_accum)
     if accelerator.is_local_main_process:

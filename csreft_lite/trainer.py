@@ -8,7 +8,12 @@ from transformers import Trainer
 
 
 class ReftTrainer(Trainer):
-    """``transformers.Trainer`` whose ``save_model`` and checkpoints also write the interventions (``reft.save``)."""
+    """``transformers.Trainer`` whose ``save_model`` and checkpoints also write the interventions (``reft.save``), and
+    which keeps the columns ``data.make_dataset`` writes under ``remove_unused_columns=True`` (the default)."""
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()  # the forward's arguments: prompt_lengths, not the rows' prompt_length
+        self._signature_columns = [*self._signature_columns, "prompt_length", "instruction_span", "gates"]
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict)  # model.safetensors (Trainer's resume reads it), tokenizer, arguments

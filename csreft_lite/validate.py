@@ -52,6 +52,9 @@ def check_interventions(n_layers: int, interventions: dict, d_model: int) -> lis
     if len(set(layers)) != len(layers):
         raise ValueError(f"Two interventions were given for the same layer: {sorted(interventions)}.")
     for layer, module in zip(layers, interventions.values()):
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"The intervention for layer {layer} is a {type(module).__name__} ({module!r:.40}), not a module: "
+                            f"build one, e.g. {{{layer}: cl.LoReFT({d_model}, rank=4)}}.")
         if getattr(module, "d_model", d_model) != d_model:
             raise ValueError(f"The intervention for layer {layer} was built for hidden size {module.d_model}, but the "
                              f"model's hidden size is {d_model}. Build it with d_model={d_model}.")
@@ -145,3 +148,18 @@ def check_router(routed: dict, d_model: int, router=None, router_layer: int | No
         raise ValueError(f"router_layer={router_layer} is above the first CS-ReFT layer ({first}): the gates must exist "
                          f"before the first edit. Use a layer from 0 to {first}.")
     return first if router_layer is None else router_layer
+
+
+def check_training(epochs: float, batch_size: int, grad_accum: int, max_steps: int | None, warmup_ratio: float,
+                   schedule: str) -> None:
+    """``train``'s settings: a positive length of training, whole positive counts, a warm-up share in [0, 1)."""
+    for name, value in (("batch_size", batch_size), ("grad_accum", grad_accum), ("max_steps", max_steps)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"train: {name} must be a whole number >= 1, got {value!r}.")
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not 0 < epochs < math.inf:
+        raise ValueError(f"train: epochs must be a number > 0 (fractions train part of an epoch), got {epochs!r}; "
+                         f"to train a fixed number of steps pass max_steps.")
+    if isinstance(warmup_ratio, bool) or not isinstance(warmup_ratio, (int, float)) or not 0 <= warmup_ratio < 1:
+        raise ValueError(f"train: warmup_ratio is the share of the steps spent warming up, in [0, 1), got {warmup_ratio!r}.")
+    if schedule not in ("linear", "constant"):
+        raise ValueError(f"train: schedule must be 'linear' or 'constant', got {schedule!r}.")

@@ -41,6 +41,14 @@ def tiny_model(arch: str, seed: int = 0):
     if arch == "mistral":
         config = tf.MistralConfig(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2)
         return tf.MistralForCausalLM(config).eval()
+    if arch == "gemma2":  # softcaps its logits: tanh(logits / cap) · cap, with a cap small enough to bite here
+        config = tf.Gemma2Config(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                 num_key_value_heads=2, head_dim=8, final_logit_softcapping=0.05)
+        return tf.Gemma2ForCausalLM(config).eval()
+    if arch == "granite":  # divides its logits by logits_scaling
+        config = tf.GraniteConfig(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                  num_key_value_heads=2, logits_scaling=8.0)
+        return tf.GraniteForCausalLM(config).eval()
     raise ValueError(arch)
 
 
