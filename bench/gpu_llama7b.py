@@ -49,7 +49,7 @@ def build_model(tiny: bool, device: torch.device, dtype: torch.dtype):
     finally:
         torch.set_default_dtype(previous)
     model.requires_grad_(False)
-    model.config.csreft_model_name = "llama-2-7b-shaped (random)" if not tiny else "tiny-llama (random)"
+    model.config._name_or_path = "llama-2-7b-shaped (random)" if not tiny else "tiny-llama (random)"
     return model.eval()
 
 

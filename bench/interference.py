@@ -6,7 +6,7 @@
 
 Four studies on the frozen course model (SmolLM2-135M-Instruct, fp32, CPU), each repeated per seed; a seed
 changes the training examples (``tasks`` seed), the initialisation and the data order; test sets are fixed.
-Prompts use the chat markers without the default system prompt (``data.BARE_CHAT_TEMPLATE``); answers are greedy
+Prompts use the chat markers without the default system prompt (``tasks.BARE_CHAT_TEMPLATE``); answers are greedy
 and scored exactly (``tasks.score``). Every training run: AdamW (weight decay 0), linear decay, f5+l5, rank 4.
 
 ``mixture`` (six skills trained together; layers 3, 9, 18, 24; 64 training and 40 test examples per skill):
@@ -80,7 +80,7 @@ class Bench:
         self.cl = cl
         self.model, self.tok = cl.load_course_model()
         self.d = self.model.config.hidden_size
-        self.template = cl.data.BARE_CHAT_TEMPLATE
+        self.template = cl.tasks.BARE_CHAT_TEMPLATE
         self.router_start = router_start
 
     def dataset(self, examples, gates=None):

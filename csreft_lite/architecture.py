@@ -25,7 +25,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 def model_name(model: nn.Module) -> str:
     """A human-readable identity for checkpoints and summaries."""
     config = getattr(model, "config", None)
-    return str(getattr(config, "csreft_model_name", None) or getattr(config, "_name_or_path", "") or type(model).__name__)
+    return str(getattr(config, "_name_or_path", "") or type(model).__name__)
 
 
 def hidden_size(model: nn.Module) -> int:

@@ -19,9 +19,6 @@ ALPACA_TEMPLATE = (
     "### Instruction:\n{instruction}\n\n### Response:\n"
 )
 PLAIN_TEMPLATE = "{instruction}\n"
-# ChatML turns without SmolLM2's default system prompt: about 17 prompt tokens instead of 38, so every step and
-# answer costs about half (notebooks 03-04, bench/interference.py). For ChatML models only.
-BARE_CHAT_TEMPLATE = "<|im_start|>user\n{instruction}<|im_end|>\n<|im_start|>assistant\n"
 
 
 def _uses_chat(tokenizer, template: str) -> bool:
@@ -155,14 +152,11 @@ class Collator:
 
     pad_token_id: int
     padding_side: str = "right"
-    pad_to_multiple_of: int | None = None
 
     def __call__(self, examples: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         if not examples:
             raise ValueError("Cannot collate an empty batch.")
         longest = max(len(e["input_ids"]) for e in examples)
-        if self.pad_to_multiple_of:
-            longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
 
         def pad(row: list, fill: int) -> list:
             extra = [fill] * (longest - len(row))
@@ -189,11 +183,11 @@ def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def collator_for(tokenizer, padding_side: str = "right", pad_to_multiple_of: int | None = None) -> Collator:
+def collator_for(tokenizer, padding_side: str = "right") -> Collator:
     """A ``Collator`` with the tokenizer's pad token (``pad_token_id``)."""
     if tokenizer is None:
         raise ValueError("Batches are padded with the tokenizer's pad token: pass the tokenizer (or a collator).")
-    return Collator(pad_token_id=pad_token_id(tokenizer), padding_side=padding_side, pad_to_multiple_of=pad_to_multiple_of)
+    return Collator(pad_token_id=pad_token_id(tokenizer), padding_side=padding_side)
 
 
 def prompt_batch(tokenizer, instructions: Sequence, template: str = "auto") -> dict[str, torch.Tensor]:

@@ -9,7 +9,6 @@ from typing import Sequence
 
 import torch
 
-from . import compat
 from .data import pad_token_id, prompt_batch
 from .progress import Progress
 from .reft_model import ReftModel
@@ -266,7 +265,7 @@ def alpaca_eval(model_outputs: str | Path, output_dir: str | Path, judge: str = 
             output_path=str(directory.parent if config == spec["annotator"] else directory),  # it appends a config name
             precomputed_leaderboard=None, is_cache_leaderboard=False, is_return_instead_of_print=True,
             fn_metric=spec["metric"], metric_kwargs={"save_weights_dir": None} if "length" in spec["metric"] else None,
-            sort_by="win_rate", Annotator=compat.alpaca_eval_annotator(), caching_path=str(directory / "annotations_cache.json"),
+            sort_by="win_rate", Annotator=_alpaca_eval_annotator(), caching_path=str(directory / "annotations_cache.json"),
         )
     row = leaderboard.iloc[0]  # win_rate, standard_error, n_total, avg_length (+ length_controlled_winrate, lc_standard_error)
     result = {k: v.item() if hasattr(v, "item") else v for k, v in row.items() if k != "mode"}
@@ -279,3 +278,18 @@ def alpaca_eval(model_outputs: str | Path, output_dir: str | Path, judge: str = 
         label=f"{spec['version']} ({spec['annotator']}: {model} vs {reference_generator})",
     )
     return result
+
+
+def _alpaca_eval_annotator():
+    """alpaca_eval's ``PairwiseAnnotator``, reading its verdict cache back with float preferences. pandas 3 reads a
+    cache of whole preferences (1.0, 2.0) as int64, where alpaca_eval 0.6.6 then fails to set a tie (1.5): "Invalid
+    value '1.5' for dtype 'int64'" on every re-score (goes when alpaca_eval casts the column itself)."""
+    from alpaca_eval.annotators import PairwiseAnnotator
+
+    class Annotator(PairwiseAnnotator):
+        def load_(self, path=None):
+            super().load_(path)
+            if self.df_annotations is not None:
+                self.df_annotations[self.annotation_key] = self.df_annotations[self.annotation_key].astype(float)
+
+    return Annotator

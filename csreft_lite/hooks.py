@@ -108,7 +108,7 @@ def resolve_positions(spec: "str | Positions", attention_mask: torch.Tensor, pro
     if spec.all:
         offsets = torch.arange(int(lengths.max()), device=device).expand(batch, -1)
         valid = offsets < lengths[:, None]
-        groups = {"all": slice(0, offsets.shape[1])}
+        groups = {}  # one group: positions='all' is always tied
     else:
         first = torch.arange(spec.first, device=device).expand(batch, -1)
         last = lengths[:, None] - spec.last + torch.arange(spec.last, device=device)

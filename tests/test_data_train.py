@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import csreft_lite as cl
-from csreft_lite import data, evaluate, train
+from csreft_lite import data, evaluate, tasks, train
 
 from .tiny import tiny_llama
 
@@ -181,7 +181,7 @@ def test_alpaca_eval_outputs_file(tmp_path):
 def test_bare_chat_template_is_the_models_chat_turn_without_the_system_prompt(tok):
     """Notebooks 03-04 rely on it: the model's own markers, only the default system turn left out."""
     full = data.format_prompt(tok, "Say hi.", "chat")
-    bare = data.format_prompt(tok, "Say hi.", data.BARE_CHAT_TEMPLATE)
+    bare = data.format_prompt(tok, "Say hi.", tasks.BARE_CHAT_TEMPLATE)
     assert full.endswith(bare) and full != bare
     assert "system" in full[: -len(bare)] and "system" not in bare
     assert len(tok(bare)["input_ids"]) < len(tok(full)["input_ids"]) / 2 + 2
@@ -190,7 +190,7 @@ def test_bare_chat_template_is_the_models_chat_turn_without_the_system_prompt(to
 # ------------------------------------------------------------------ instruction spans and routing
 
 
-@pytest.mark.parametrize("template", ["auto", "alpaca", "plain", data.BARE_CHAT_TEMPLATE])
+@pytest.mark.parametrize("template", ["auto", "alpaca", "plain", tasks.BARE_CHAT_TEMPLATE])
 def test_instruction_span_covers_exactly_the_instructions_tokens(tok, template):
     text = "Write the plural of this word: Garden"
     ids, (start, end) = data.encode_prompt(tok, text, template)
@@ -238,7 +238,7 @@ def test_the_same_prompt_gets_the_same_gates_in_a_padded_training_batch_and_in_b
         {"instruction": "Hi", "output": "Hello there, how can I help you today?"},
         {"instruction": "Write the first letter of this word: Tiger, and then say nothing else at all", "output": "T"},
     ]
-    rows = data.make_dataset(records, tok, template=data.BARE_CHAT_TEMPLATE)
+    rows = data.make_dataset(records, tok, template=tasks.BARE_CHAT_TEMPLATE)
     batch = data.collator_for(tok)([rows[i] for i in range(3)])  # right padding, whole responses included
     with torch.no_grad():
         reft(**batch)
@@ -247,7 +247,7 @@ def test_the_same_prompt_gets_the_same_gates_in_a_padded_training_batch_and_in_b
     original = reft.router.forward
     reft.router.forward = lambda summary, **kw: seen.append(original(summary, **kw)) or seen[-1]
     evaluate.generate_answers(reft, tok, [r["instruction"] for r in reversed(records)], batch_size=2,
-                              template=data.BARE_CHAT_TEMPLATE, max_new_tokens=2)  # left padding, other groups
+                              template=tasks.BARE_CHAT_TEMPLATE, max_new_tokens=2)  # left padding, other groups
     generation_gates = torch.cat([gates for gates, probs in seen]).flip(0)
     assert len(seen) == 2  # one routing per batch: at the prefill, never at decode steps
     assert torch.allclose(training_gates, generation_gates, atol=1e-5)

@@ -279,7 +279,7 @@ def test_course_model_comes_back_frozen_in_eval_mode(course_model):
     assert not model.training
     assert not any(p.requires_grad for p in model.parameters())
     assert tok.pad_token is not None
-    assert model.config.csreft_model_name == "SmolLM2-135M-Instruct"
+    assert cl.models.model_name(model) == model.config._name_or_path == "SmolLM2-135M-Instruct"
     assert len(cl.decoder_layers(model)) == model.config.num_hidden_layers == 30
 
 
