@@ -33,9 +33,9 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: damaged, incomplete or inconsistent. The message names the file."""
 
 
-def key(layer: int, group: str | None) -> str:
-    """An intervention's name in the weights file and the config: ``layer9``, ``layer9_first`` (``ReftModel`` names its
-    modules so, that its ``state_dict`` is the file)."""
+def module_name(layer: int, group: str | None) -> str:
+    """An intervention's name in ``ReftModel.interventions``, the weights file and the config: ``layer9``, ``layer9_first``
+    (one name everywhere, so that the ``state_dict`` is the file)."""
     return f"layer{layer}" if group is None else f"layer{layer}_{group}"
 
 
@@ -180,7 +180,7 @@ def _build_router(config: dict, file: Path) -> tuple[Router | None, int | None]:
 def _build_interventions(config: dict, file: Path) -> dict[int, nn.Module]:
     """``{layer: intervention}`` from the config's entries, after checking they match its ``layers``."""
     share, entries = config["share_positions"], config["interventions"]
-    expected = [key(layer, group) for layer in config["layers"] for group in ((None,) if share else ("first", "last"))]
+    expected = [module_name(layer, group) for layer in config["layers"] for group in ((None,) if share else ("first", "last"))]
     missing = [k for k in expected if k not in entries]
     unexpected = [k for k in entries if k not in expected]
     if missing or unexpected:
@@ -191,7 +191,7 @@ def _build_interventions(config: dict, file: Path) -> dict[int, nn.Module]:
         )
     by_layer = {}
     for layer in config["layers"]:
-        name = key(layer, None if share else "first")
+        name = module_name(layer, None if share else "first")
         spec = entries[name]
         if not isinstance(spec, dict) or not isinstance(spec.get("config"), dict) or "kind" not in spec:
             raise CheckpointError(f"{file}: entry '{name}' must be {{\"kind\": ..., \"config\": {{...}}}}, got {spec!r}.")

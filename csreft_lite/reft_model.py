@@ -17,7 +17,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from . import checkpoint
-from .checkpoint import key
+from .checkpoint import module_name
 from .compat import UNDER_WAY, is_checkpointing, logits_to_keep, set_checkpointing
 from .data import collator_for
 from .architecture import decoder_layers, hidden_size, model_name
@@ -48,7 +48,7 @@ class Call:
     gates: torch.Tensor | None = None  # [batch, k]: given, forced, or the router's (at the router's layer)
     summary_mask: torch.Tensor | None = None  # [batch, seq]: the instruction tokens the router averages
     probs: torch.Tensor | None = None  # [batch, k], for the router's penalty
-    summary: torch.Tensor | None = None  # [batch, d]: what the router read
+    router_input: torch.Tensor | None = None  # [batch, d]: what the router read (routing.instruction_summary)
     stop_after_routing: bool = False  # ``route``: no layer after the router's runs
     edited: set = field(default_factory=set)  # the layers edited so far: each once, on the prompt's pass
 
@@ -89,7 +89,7 @@ class ReftModel(nn.Module):
         self.interventions = nn.ModuleDict()
         for layer, module in zip(self.layers, interventions.values()):
             for group in self.copies:  # untied: the "last" group gets a copy
-                self.interventions[key(layer, group)] = module if group in (None, "first") else copy.deepcopy(module)
+                self.interventions[module_name(layer, group)] = module if group in (None, "first") else copy.deepcopy(module)
         routed = {layer: m for layer, m in zip(self.layers, interventions.values()) if isinstance(m, CSReFT)}
         if router_layer is not None:
             router_layer = check_layers(len(decoder_layers(model)), [router_layer])[0]
@@ -100,7 +100,7 @@ class ReftModel(nn.Module):
         self._forced: torch.Tensor | None = None  # force_gates' setting, for the calls inside its block
         self._enabled = True  # False inside disabled()
         self._attached = True  # False after remove()
-        self.last_gates = self.last_probs = self.last_summary = None  # the last call's, detached: for notebooks to read
+        self.last_gates = self.last_probs = self.last_router_input = None  # the last call's, detached: for notebooks to read
 
     # ------------------------------------------------------------ one call: its hooks and its edit
 
@@ -137,8 +137,8 @@ class ReftModel(nn.Module):
         try:
             yield call
             if call is not None:  # what this call produced, kept for a notebook to look at
-                self.last_gates, self.last_probs, self.last_summary = (
-                    None if t is None else t.detach() for t in (call.gates, call.probs, call.summary))
+                self.last_gates, self.last_probs, self.last_router_input = (
+                    None if t is None else t.detach() for t in (call.gates, call.probs, call.router_input))
         finally:
             UNDER_WAY.reset(token)
             for handle in handles:
@@ -150,12 +150,12 @@ class ReftModel(nn.Module):
             return hidden  # a later pass of the same call: generate's decode steps (the KV cache carries the edit)
         call.edited.add(layer)
         if layer == self.router_layer and call.summary_mask is not None:  # read before this layer's own edit
-            call.summary = instruction_summary(hidden, call.summary_mask)  # [batch, d]
-            call.gates, call.probs = self.router(call.summary, with_probs=True)  # [batch, k] each
+            call.router_input = instruction_summary(hidden, call.summary_mask)  # [batch, d]
+            call.gates, call.probs = self.router(call.router_input, with_probs=True)  # [batch, k] each
             if call.stop_after_routing:
                 raise _Routed
         for group in self.copies if layer in self.layers else ():
-            module = self.interventions[key(layer, group)]
+            module = self.interventions[module_name(layer, group)]
             fn = partial(module, gates=call.gates) if isinstance(module, CSReFT) else module  # CS-ReFT: this call's gates
             hidden = edit_at(hidden, call.where, fn, None if group is None else call.where.groups[group])
         return hidden
@@ -270,7 +270,7 @@ class ReftModel(nn.Module):
                     self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask))
                 except _Routed:
                     pass
-        return tuple(None if t is None else t.detach() for t in (call.gates, call.probs, call.summary))
+        return tuple(None if t is None else t.detach() for t in (call.gates, call.probs, call.router_input))
 
     def router_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       instruction_spans: torch.Tensor | None = None, prompt_lengths: torch.Tensor | None = None, **ignored) -> torch.Tensor:
@@ -339,8 +339,9 @@ class ReftModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, path: str | Path, check_model_name: bool = True) -> "ReftModel":
-        """PEFT's name and argument order for ``ReftModel.load(path, model)``."""
-        return cls.load(path, model, check_model_name)
+        """Rebuild a saved ``ReftModel`` on ``model`` (PEFT's name and order: the model first). A checkpoint made for another
+        model, damaged or inconsistent raises ``CheckpointError`` naming the file, and leaves ``model`` as it was."""
+        return checkpoint.load(cls, path, model, check_model_name)
 
     def gradient_checkpointing_enable(self, **ignored) -> None:
         """Activation checkpointing in the base model (``Trainer``'s ``gradient_checkpointing=True`` calls this); always
@@ -362,6 +363,5 @@ class ReftModel(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module, check_model_name: bool = True) -> "ReftModel":
-        """Rebuild a saved ``ReftModel`` on ``model``. A checkpoint made for another model, damaged or inconsistent
-        raises ``CheckpointError`` naming the file, and leaves ``model`` exactly as it was (``checkpoint.load``)."""
-        return checkpoint.load(cls, path, model, check_model_name)
+        """``from_pretrained(model, path)`` under the first release's name and order, kept for code written then."""
+        return cls.from_pretrained(model, path, check_model_name)

@@ -79,7 +79,7 @@ def reload_answers(load_dir, expected):
     probes = [e.instruction for s in SKILLS for e in tasks.get_skill(s).generate(3, "test", 0)]
     problems = []
     for name, want in expected.items():
-        reft = cl.ReftModel.load(Path(load_dir) / name, model)
+        reft = cl.ReftModel.from_pretrained(model, Path(load_dir) / name)
         answers = evaluate.generate_answers(reft, tok, probes, max_new_tokens=8, template=BARE_CHAT_TEMPLATE)
         if answers != want["answers"]:
             problems.append(f"{name}: reloaded checkpoint answers {answers} vs {want['answers']}")

@@ -515,7 +515,7 @@ def test_route_gives_a_forward_passs_gates_without_the_layers_after_the_router_o
     randomize(reft)
     x = ids()
     reft(x, instruction_spans=spans())
-    expected = reft.last_gates, reft.last_probs, reft.last_summary
+    expected = reft.last_gates, reft.last_probs, reft.last_router_input
     ran = []
     handles = [cl.decoder_layers(model)[3].register_forward_hook(lambda *a: ran.append("layer 3")),
                model.get_output_embeddings().register_forward_hook(lambda *a: ran.append("lm_head"))]
