@@ -85,7 +85,8 @@ def config_of(reft) -> dict:
     return {**header(reft.model), "positions": str(reft.positions), "share_positions": reft.share_positions,
             "layers": reft.layers, "interventions": {k: {"kind": type(m).__name__, "config": m.config()}
                                                       for k, m in reft.interventions.items()},
-            "router": None if reft.router is None else {"layer": reft.router_layer, "config": reft.router.config()}}
+            "router": None if reft.router is None else {"kind": type(reft.router).__name__, "layer": reft.router_layer,
+                                                         "config": reft.router.config()}}
 
 
 def load(cls, path: str | Path, model: nn.Module, check_model_name: bool = True):
@@ -171,8 +172,8 @@ def _build_router(config: dict, file: Path) -> tuple[Router | None, int | None]:
         return None, None
     if not isinstance(routing, dict) or not isinstance(routing.get("config"), dict) or not isinstance(routing.get("layer"), int):
         raise CheckpointError(f"{file}: 'router' must be {{\"layer\": ..., \"config\": {{...}}}}, got {routing!r}. {_RESAVE}")
-    try:
-        return build("Router", routing["config"]), routing["layer"]
+    try:  # rebuilt from its class name (KINDS) and config(); checkpoints of the first release name no kind: a Router
+        return build(routing.get("kind", "Router"), routing["config"]), routing["layer"]
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{file}: the router cannot be built: {error}") from error
 

@@ -1,6 +1,7 @@
-"""``ReftModel``: a frozen causal LM plus interventions at chosen layers and prompt positions, applied by forward hooks
-on its decoder layers; ``remove()`` (or leaving a ``with`` block) restores the base model bit for bit. Its parameters are
-the interventions' and the router's (CS-ReFT: run once per forward pass, its gates handed to every layer)."""
+"""``ReftModel``: a frozen causal LM plus interventions at chosen layers and prompt positions. Each call (``forward``,
+``generate``, ``route``) makes one ``Call`` and hooks ``_edit`` on the base model's layers for its own duration: between
+calls the base model is exactly itself. Its parameters are the interventions' and the router's (CS-ReFT: run once per
+call, its gates handed to every layer)."""
 
 from __future__ import annotations
 
@@ -113,9 +114,11 @@ class ReftModel(nn.Module):
         if not (self._enabled if enabled is None else enabled):
             return None
         call = Call(where=where)
-        gates = self._forced if gates is None else check_gates(gates, self.router.n_subspaces)  # [1 or batch, k]
         if self.router is None:
+            if gates is not None:
+                raise ValueError("gates are for routed interventions (cl.CSReFT); these have none.")
             return call
+        gates = self._forced if gates is None else check_gates(gates, self.router.n_subspaces)  # [1 or batch, k]
         if gates is not None:
             if gates.shape[0] not in (1, attention_mask.shape[0]):
                 raise ValueError(f"Gates for {gates.shape[0]} examples were given but the batch has {attention_mask.shape[0]}.")
@@ -209,8 +212,6 @@ class ReftModel(nn.Module):
             raise TypeError(f"ReftModel.forward with labels takes input_ids, attention_mask, labels, prompt_lengths, "
                             f"instruction_spans and gates; it got {sorted(kwargs)} as well. Drop them (with transformers' "
                             f"Trainer: collate with data.collator_for(tokenizer)).")
-        if gates is not None and self.router is None:
-            raise ValueError("gates are for routed interventions (cl.CSReFT); these have none.")
         if labels is not None and prompt_lengths is None:
             prompt_lengths = prompt_lengths_from_labels(labels, attention_mask)
         call = self._new_call(attention_mask, prompt_lengths, instruction_spans, gates)
@@ -246,8 +247,6 @@ class ReftModel(nn.Module):
         attention_mask = check_batch(self.model, input_ids, attention_mask)
         if bool((attention_mask[:, -1] == 0).any()):
             raise ValueError("generate() needs left padding (the last column is padding); set tokenizer.padding_side='left'.")
-        if gates is not None and self.router is None:
-            raise ValueError("gates are for routed interventions (cl.CSReFT); these have none.")
         kwargs.setdefault("pad_token_id", getattr(self.model.generation_config, "pad_token_id", None) or self.model.config.eos_token_id)
         with self._hooked(self._new_call(attention_mask, None, instruction_spans, gates)):
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
@@ -361,7 +360,5 @@ class ReftModel(nn.Module):
             self.model.train(mode)
         return super().train(mode)
 
-    @classmethod
-    def load(cls, path: str | Path, model: nn.Module, check_model_name: bool = True) -> "ReftModel":
-        """``from_pretrained(model, path)`` under the first release's name and order, kept for code written then."""
-        return cls.from_pretrained(model, path, check_model_name)
+    # The first release's name and order, kept for code written against it (DESIGN's stable API).
+    load = classmethod(lambda cls, path, model, check_model_name=True: cls.from_pretrained(model, path, check_model_name))

@@ -254,7 +254,7 @@ def test_save_then_load_gives_identical_outputs(model, tmp_path, share):
     reft.remove()
     config = json.loads((tmp_path / "ckpt" / "reft_config.json").read_text())
     assert config["base_model"] == "tiny-llama-32x4" and config["hidden_size"] == D
-    assert config["router"] == {"layer": 0, "config": router.config()}
+    assert config["router"] == {"kind": "Router", "layer": 0, "config": router.config()}  # rebuilt by class name
     assert not list(tmp_path.glob("ckpt/*.bin")) and not list(tmp_path.glob("ckpt/*.pt"))
     loaded = cl.ReftModel.load(tmp_path / "ckpt", model)
     assert torch.equal(loaded(x, instruction_spans=spans()).logits, expected)
@@ -541,3 +541,15 @@ def test_init_router_and_make_dataset_without_a_tokenizer_say_so(model):
         reft.init_router([{"input_ids": [5, 6, 7], "prompt_length": 3, "instruction_span": [0, 2]}])
     with pytest.raises(ValueError, match="needs the model's tokenizer"):
         cl.data.make_dataset([{"instruction": "a", "output": "b"}], None)
+
+
+def test_a_checkpoint_of_the_first_release_without_a_router_kind_loads(model, tmp_path):
+    """The first release wrote the router section without "kind": it is a Router."""
+    reft = cl.ReftModel(model, {1: cl.CSReFT(D, 2, 3)}, positions="f3+l3")
+    randomize(reft)
+    reft.save(tmp_path)
+    config = json.loads((tmp_path / "reft_config.json").read_text())
+    del config["router"]["kind"]
+    (tmp_path / "reft_config.json").write_text(json.dumps(config))
+    loaded = cl.ReftModel.from_pretrained(model, tmp_path)
+    assert type(loaded.router) is cl.Router and torch.equal(loaded.router.net.weight, reft.router.net.weight)
