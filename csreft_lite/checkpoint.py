@@ -17,7 +17,7 @@ from torch import nn
 from .architecture import decoder_layers, hidden_size, model_name
 from .hooks import Positions
 from .interventions import CSReFT, DiReFT, LoReFT
-from .routing import Router
+from .routing import CentroidRouter, Router
 
 CONFIG_FILE = "reft_config.json"
 WEIGHTS_FILE = "interventions.safetensors"
@@ -25,7 +25,7 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "train_state.json"
 # 2: one router for all CS-ReFT layers (the first release's format).
 FORMAT = 2
-KINDS = {"LoReFT": LoReFT, "DiReFT": DiReFT, "CSReFT": CSReFT, "Router": Router}
+KINDS = {"LoReFT": LoReFT, "DiReFT": DiReFT, "CSReFT": CSReFT, "Router": Router, "CentroidRouter": CentroidRouter}
 _RESAVE = "If you still have the trained ReftModel, save it again with reft.save(path); otherwise load an earlier checkpoint."
 
 
@@ -85,7 +85,8 @@ def config_of(reft) -> dict:
     return {**header(reft.model), "positions": str(reft.positions), "share_positions": reft.share_positions,
             "layers": reft.layers, "interventions": {k: {"kind": type(m).__name__, "config": m.config()}
                                                       for k, m in reft.interventions.items()},
-            "router": None if reft.router is None else {"layer": reft.router_layer, "config": reft.router.config()}}
+            "router": None if reft.router is None else {"layer": reft.router_layer, "kind": type(reft.router).__name__,
+                                                        "config": reft.router.config()}}
 
 
 def load(cls, path: str | Path, model: nn.Module, check_model_name: bool = True):
@@ -169,7 +170,7 @@ def _build_router(config: dict, file: Path) -> tuple[Router | None, int | None]:
     if not isinstance(routing, dict) or not isinstance(routing.get("config"), dict) or not isinstance(routing.get("layer"), int):
         raise CheckpointError(f"{file}: 'router' must be {{\"layer\": ..., \"config\": {{...}}}}, got {routing!r}. {_RESAVE}")
     try:
-        return build("Router", routing["config"]), routing["layer"]
+        return build(routing.get("kind", "Router"), routing["config"]), routing["layer"]  # no kind: written before CentroidRouter
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{file}: the router cannot be built: {error}") from error
 
