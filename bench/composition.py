@@ -20,7 +20,7 @@ Also recorded: how far A's parameters moved while B trained.
 ``compose`` conditions (notebook 04: lowercase, first_letter, plural trained together, 3 epochs). Each skill is
 tested with its own gate and with every gate open; each composable pair (lowercase+plural, lowercase+first_letter,
 held-out words) with the pair's two gates at 1, both at 0.5, and at the scales that did best on 10 composed prompts
-of *training* words (a 3×3 grid over 0.5, 0.75, 1.0, the calibration of ``/work/shared/COMPOSITION.md``):
+of *training* words (a 3×3 grid over 0.5, 0.75, 1.0; ``/work/shared/COMPOSITION.md``'s calibration used 5×5 over 0.3-1.0):
 - ``labels``: one CS-ReFT subspace per skill, the skill label as gate in training (today's course);
 - ``indep``: the same with ``SeparateBases`` (no orthogonality between subspaces): the control for orthogonality;
 - ``coact``: ``labels``, each example also opening one random other subspace (co-activation);

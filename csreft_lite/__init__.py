@@ -23,4 +23,4 @@ from .models import (  # noqa: F401
 )
 from .reft_model import ReftModel  # noqa: F401
 from .residual import add_vector, record  # noqa: F401
-from .routing import Router, balance_loss, instruction_summary, kmeans  # noqa: F401
+from .routing import CentroidRouter, Router, balance_loss, instruction_summary, kmeans  # noqa: F401

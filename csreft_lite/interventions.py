@@ -146,6 +146,25 @@ class CSReFT(nn.Module):
                 p.requires_grad_(False)
                 p.grad = None
 
+    def add_subspace(self) -> int:
+        """Grow by one subspace for a new skill, every earlier one frozen (``freeze_subspaces``); returns its index.
+
+        Its basis is a fresh random draw, orthonormalised after the frozen ones (``R``: they go first), so it is orthogonal
+        to them and they do not move; its ``W`` starts at its basis, so the new edit starts at exactly zero.
+        """
+        k = self.n_subspaces
+        check_sizes(type(self).__name__, k + 1, d_model=self.d_model, rank=self.rank)
+        self.freeze_subspaces(*range(k))
+        like = self.subspace(0)[0]
+        raw = nn.init.orthogonal_(torch.empty(self.rank, self.d_model)).to(like.device)
+        self.register_parameter(f"R_raw_{k}", nn.Parameter(raw))
+        self.register_parameter(f"W_{k}", nn.Parameter(torch.zeros_like(raw)))
+        self.register_parameter(f"b_{k}", nn.Parameter(torch.zeros(self.rank, device=like.device)))
+        self.n_subspaces = k + 1
+        with torch.no_grad():
+            self.subspace(k)[1].copy_(self.R[k])
+        return k
+
     def _order(self, frozen: tuple[int, ...]) -> list[int]:
         """The order in which the bases are orthonormalised: frozen ones first, each group by index."""
         return list(frozen) + [i for i in range(self.n_subspaces) if i not in frozen]
@@ -218,3 +237,27 @@ class CSReFT(nn.Module):
 
     def config(self) -> dict:
         return {"d_model": self.d_model, "rank": self.rank, "n_subspaces": self.n_subspaces, "frozen": list(self.frozen)}
+
+
+def new_skill_subspace(modules: "list[CSReFT]") -> int:
+    """The subspace a new skill trains in each of these CS-ReFTs (one model's, grown together): the last one when it is
+    the only one not frozen yet (a fresh model, or a skill whose training was interrupted), else a new one added to each.
+
+    Any other state (several subspaces not frozen, or the CS-ReFTs in different states) is an error: skills added one at
+    a time leave every earlier subspace frozen.
+    """
+    if not modules or not all(isinstance(m, CSReFT) for m in modules):
+        raise ValueError("Skills are added to CS-ReFT interventions only: build the model with cl.CSReFT(d, rank, "
+                         "n_subspaces=1) at every layer.")
+    states = {(m.n_subspaces, tuple(m.frozen)) for m in modules}
+    if len(states) > 1:
+        raise ValueError(f"The CS-ReFT layers have different subspaces or frozen sets ({sorted(states)}); skills are added "
+                         f"to all of them at once. Build them alike and add skills only with reft.add_skill.")
+    k, frozen = states.pop()
+    if frozen == tuple(range(k - 1)):
+        return k - 1
+    if frozen != tuple(range(k)):
+        raise ValueError(f"This CS-ReFT has {k} subspaces, of which only {list(frozen)} are frozen: adding a skill trains "
+                         f"one new subspace after the frozen ones. Start from cl.CSReFT(d, rank, n_subspaces=1), or freeze "
+                         f"the trained subspaces with freeze_subspaces.")
+    return min(m.add_subspace() for m in modules)

@@ -281,13 +281,20 @@ class ReftModel(nn.Module):
                     collator=None) -> torch.Tensor:
         """Start the router from the k-means clusters of what it reads on ``dataset`` (``data.make_dataset`` rows, no
         labels used); returns each example's cluster (``Router.init_from_clusters``)."""
+        summaries = self.dataset_router_inputs(dataset, tokenizer, batch_size, collator)
+        return self.router.init_from_clusters(summaries, confidence=confidence, seed=seed)
+
+    @torch.no_grad()
+    def dataset_router_inputs(self, dataset, tokenizer=None, batch_size: int = 32, collator=None) -> torch.Tensor:
+        """What the router reads on each row of ``dataset`` (``data.make_dataset`` rows), ``[n, d]``, in batches. It
+        does not depend on the interventions: the router reads below the first edit."""
         collate = collator or collator_for(tokenizer)
         device = next(self.model.parameters()).device
         summaries = []
         for start in range(0, len(dataset), batch_size):
             batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
             summaries.append(self.router_inputs(**{k: v.to(device) for k, v in batch.items() if k not in ("labels", "gates")}))
-        return self.router.init_from_clusters(torch.cat(summaries), confidence=confidence, seed=seed)
+        return torch.cat(summaries)
 
     # ------------------------------------------------------------ counts and summary
 
@@ -362,3 +369,37 @@ class ReftModel(nn.Module):
 
     # The first release's name and order, kept for code written against it (DESIGN's stable API).
     load = classmethod(lambda cls, path, model, check_model_name=True: cls.from_pretrained(model, path, check_model_name))
+
+    # ------------------------------------------------------------ skills added one at a time
+
+    def add_skill(self, dataset, tokenizer=None, *, collator=None, **train_kwargs):
+        """Learn one more skill and keep the earlier ones: a new CS-ReFT subspace at every layer (the earlier ones frozen,
+        bit for bit) trained on ``dataset`` (``data.make_dataset`` rows of this skill only) with its gate forced open, and
+        a centroid of what the router reads on those prompts added to the ``routing.CentroidRouter``, which opens the
+        nearest skill's subspace at test, without a label. Returns ``train``'s history; ``train_kwargs`` go to ``train``.
+
+        Start from ``ReftModel(model, {layer: CSReFT(d, rank, n_subspaces=1)}, router=CentroidRouter(d))``: the first
+        call trains subspace 0, each later one adds a subspace (``interventions.new_skill_subspace``).
+        """
+        from . import train
+        from .interventions import new_skill_subspace
+        from .routing import CentroidRouter
+
+        if not isinstance(self.router, CentroidRouter):
+            raise ValueError(f"add_skill routes with a CentroidRouter (one centroid per skill, nothing forgotten); this "
+                             f"model's router is {type(self.router).__name__ if self.router is not None else 'None'}. Build "
+                             f"it as ReftModel(model, {{layer: cl.CSReFT(d, rank, n_subspaces=1)}}, router=CentroidRouter(d)).")
+        if dataset is None or len(dataset) == 0:
+            raise ValueError("add_skill got an empty dataset: pass the new skill's examples (data.make_dataset rows).")
+        if "gates" in dataset[0]:
+            raise ValueError("add_skill opens the new skill's subspace itself: make the dataset without 'gates'.")
+        if "instruction_span" not in dataset[0]:
+            raise ValueError("add_skill's router reads each prompt's instruction: make the dataset with "
+                             "data.make_dataset, whose rows carry 'instruction_span'.")
+        new = new_skill_subspace(list(self.interventions.values()))
+        self.router.learn(new, self.dataset_router_inputs(dataset, tokenizer, collator=collator))
+        with self.force_gates([1.0 if i == new else 0.0 for i in range(new + 1)]):
+            history = train(self, dataset, tokenizer, collator=collator, **train_kwargs)
+        for module in self.interventions.values():
+            module.freeze_subspaces(new)
+        return history
