@@ -17,7 +17,7 @@ from torch import nn
 from .architecture import decoder_layers, hidden_size, model_name
 from .hooks import Positions
 from .interventions import CSReFT, DiReFT, LoReFT
-from .routing import Router
+from .routing import CentroidRouter, Router
 
 CONFIG_FILE = "reft_config.json"
 WEIGHTS_FILE = "interventions.safetensors"
@@ -25,7 +25,7 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "train_state.json"
 # 2: one router for all CS-ReFT layers (the first release's format).
 FORMAT = 2
-KINDS = {"LoReFT": LoReFT, "DiReFT": DiReFT, "CSReFT": CSReFT, "Router": Router}
+KINDS = {"LoReFT": LoReFT, "DiReFT": DiReFT, "CSReFT": CSReFT, "Router": Router, "CentroidRouter": CentroidRouter}
 _RESAVE = "If you still have the trained ReftModel, save it again with reft.save(path); otherwise load an earlier checkpoint."
 
 
