@@ -1,9 +1,11 @@
 """Run a notebook once with another SEED and print every text it prints: the seed study of the instructor's guide.
 
     python scripts/run_seed.py notebooks/03_multiple_subspaces.ipynb 1 [--out executed.ipynb]
+    python scripts/run_seed.py notebooks/04_router.ipynb 2 --set 'SKILLS=["lowercase", "last_letter", "plural"]'
 
-A cell ``SEED = N`` goes right after the notebook's ``parameters`` cell (as papermill injects parameters), so the
-notebook file itself is not changed. Run one at a time with OMP_NUM_THREADS=1 on a shared machine.
+A cell ``SEED = N`` (and each ``--set NAME=VALUE``) goes right after the notebook's ``parameters`` cell (as papermill
+injects parameters), so the notebook file itself is not changed. A result claim that does not hold on this seed is
+printed with a ⚠ (``checks.claim``), not raised. Run one at a time with OMP_NUM_THREADS=1 on a shared machine.
 """
 
 from __future__ import annotations
@@ -16,13 +18,18 @@ import nbformat
 from nbclient import NotebookClient
 
 
-def with_seed(path: Path, seed: int) -> nbformat.NotebookNode:
-    """The notebook with ``SEED = seed`` injected after its parameters cell."""
+def with_seed(path: Path, seed: int, settings: tuple[str, ...] = ()) -> nbformat.NotebookNode:
+    """The notebook with ``SEED = seed`` and ``settings`` (``NAME=VALUE``, Python) injected after its parameters cell."""
     nb = nbformat.read(str(path), as_version=4)
     tagged = [i for i, cell in enumerate(nb.cells) if "parameters" in cell.metadata.get("tags", [])]
     if len(tagged) != 1:
         raise SystemExit(f"{path}: expected one cell tagged 'parameters', found {len(tagged)}")
-    nb.cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell(f"SEED = {seed}  # injected by scripts/run_seed.py"))
+    for setting in settings:
+        name, sep, value = setting.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise SystemExit(f"--set wants NAME=VALUE (a Python value), got {setting!r}")
+    lines = [f"SEED = {seed}", *settings]
+    nb.cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell("\n".join(lines) + "  # injected by scripts/run_seed.py"))
     return nb
 
 
@@ -43,13 +50,15 @@ def main() -> None:
     parser.add_argument("notebook", type=Path)
     parser.add_argument("seed", type=int)
     parser.add_argument("--out", type=Path, help="also save the executed notebook here")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="another parameter, e.g. "
+                        "'SKILLS=[\"lowercase\", \"plural\"]' (repeatable)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds one cell may take")
     args = parser.parse_args()
-    nb = with_seed(args.notebook, args.seed)
+    nb = with_seed(args.notebook, args.seed, tuple(args.set))
     start = time.perf_counter()
     NotebookClient(nb, timeout=args.timeout, kernel_name="python3", resources={"metadata": {"path": str(args.notebook.parent)}}).execute()
     print(printed(nb))
-    print(f"=== {args.notebook.name}, SEED = {args.seed}: ran in {time.perf_counter() - start:.0f} s")
+    print(f"=== {args.notebook.name}, SEED = {args.seed} {' '.join(args.set)}: ran in {time.perf_counter() - start:.0f} s")
     if args.out:
         nbformat.write(nb, str(args.out))
 
