@@ -202,7 +202,7 @@ def _side_view(ax, R, arrows, h, edited):
     xs, ys = zip(*(point(v) for v, _, _ in arrows))
     ax.set_xlim(-0.15, 1.25 * max(max(xs), 0.5)), ax.set_ylim(min(-0.3, 1.25 * min(ys)), max(0.3, 1.25 * max(ys)))
     ax.set_aspect("equal")  # one unit is as long across as up: the drawn lengths are the true ones
-    ax.set(xlabel="length of each arrow's part in the plane", ylabel="its height above the plane",
+    ax.set(xlabel="length of each arrow's part in the plane", ylabel="distance from the plane",
            title="Side view: true lengths and heights")
     ax.legend(loc="lower right", fontsize="small")
     ax.grid(alpha=0.3)

@@ -33,8 +33,9 @@ def loreft_parameters(d_model: int, rank: int, n_interventions: int) -> int:
     return n_interventions * (2 * rank * d_model + rank)
 
 
-def sequential_as_one(R1: torch.Tensor, W1: torch.Tensor, b1: torch.Tensor,
-                      R2: torch.Tensor, W2: torch.Tensor, b2: torch.Tensor):
+def sequential_as_one(
+    R1: torch.Tensor, W1: torch.Tensor, b1: torch.Tensor, R2: torch.Tensor, W2: torch.Tensor, b2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One LoReFT edit ``(R, W, b)`` of rank 2r equal to applying edit 1, then edit 2, when ``R1 R2ᵀ = 0``.
 
     Edit 2 reads the *edited* state: ``W2 Φ₁(h) = W2 h + W2 R1ᵀ(W1 h + b1 − R1 h)``, so its map and bias pick up
