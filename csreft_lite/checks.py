@@ -633,8 +633,27 @@ HARD_FALLBACKS: dict[str, tuple[Callable, str]] = {
     "principal_cosines": (lambda Ri, Rj: torch.linalg.svdvals(Ri @ Rj.T), "torch.linalg.svdvals"),
     "routing_nmi": (_routing_nmi_with_library, "csreft_lite.evaluate.routing_nmi"),
 }
-if "FALLBACKS" in globals():  # the student release's table (issue 28's grading part): unsolved exercises continue with these
+# Exercise -> (a nudge at the first failure, the recipe once the same check has failed before).
+HARD_HINTS: dict[str, tuple[str, str]] = {
+    "logit_lens": ("what happens to the last decoder layer's output before it becomes logits?",
+                   "apply the model's final norm (model.model.norm) to h, then its output layer (model.lm_head)."),
+    "sequential_as_one": ("write Φ₂(Φ₁(h)) out: which coordinates does each edit set, and what does W2 read?",
+                          "R = [R1; R2]; subspace 1 keeps W1, b1; edit 2 reads Φ₁(h), so its map is W2 + W2R1ᵀ(W1 − R1) "
+                          "and its bias b2 + W2R1ᵀb1."),
+    "principal_cosines": ("the answer may not depend on which orthonormal basis of each subspace you were given.",
+                          "the cosines are the singular values of Ri Rjᵀ (torch.linalg.svdvals), already largest first."),
+    "routing_nmi": ("count the pairs (skill, subspace); renaming the subspaces must not change the answer.",
+                    "I = Σ p(s, c) log(p(s, c) / (p(s) p(c))) over the pairs seen; H from the counts of each list; return "
+                    "I / ((H(S) + H(C)) / 2), or 0 when an entropy is 0."),
+}
+if "FALLBACKS" in globals():  # issue 28's grading part: the tables a student release and the tiered hints read
     FALLBACKS.update(HARD_FALLBACKS)
+    HINTS.update(HARD_HINTS)
+
+
+def _hard_hint(name: str) -> str | None:
+    """None where check_exercise gives HINTS' two tiers itself; else the nudge."""
+    return None if "HINTS" in globals() else HARD_HINTS[name][0]
 
 
 def check_logit_lens(fn: Callable) -> Callable:
@@ -660,7 +679,7 @@ def check_logit_lens(fn: Callable) -> Callable:
         return known_mistake(got, expected, mistakes) or compare(got, expected)
 
     return check_exercise(fn, "nb01_interventions:logit_lens", cases, name="logit_lens", properties=properties,
-                          hint="what happens to the last decoder layer's output before it becomes logits?")
+                          hint=_hard_hint("logit_lens"))
 
 
 def _last_layer_output(model, ids: torch.Tensor) -> torch.Tensor:
@@ -725,7 +744,7 @@ def check_sequential_as_one(fn: Callable) -> Callable:
         return problem and f"your (R, W, b), applied to 6 random states, is not edit 1 then edit 2: {problem}"
 
     return check_exercise(fn, "nb02_loreft:sequential_as_one", cases, name="sequential_as_one", properties=properties,
-                          hint="write Φ₂(Φ₁(h)) out: which coordinates does each edit set, and what does W2 read?")
+                          hint=_hard_hint("sequential_as_one"))
 
 
 def check_principal_cosines(fn: Callable) -> Callable:
@@ -756,7 +775,7 @@ def check_principal_cosines(fn: Callable) -> Callable:
         return problem or compare(got, expected)
 
     return check_exercise(fn, "nb03_subspaces:principal_cosines", cases, name="principal_cosines", properties=properties,
-                          hint="the answer may not depend on which orthonormal basis of each subspace you were given.")
+                          hint=_hard_hint("principal_cosines"))
 
 
 def check_routing_nmi(fn: Callable) -> Callable:
@@ -793,4 +812,4 @@ def check_routing_nmi(fn: Callable) -> Callable:
         return compare(got, expected, atol=1e-4, rtol=0)
 
     return check_exercise(fn, "nb04_router:routing_nmi", cases, name="routing_nmi", properties=properties,
-                          hint="count the pairs (skill, subspace); renaming the subspaces must not change the answer.")
+                          hint=_hard_hint("routing_nmi"))
