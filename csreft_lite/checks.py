@@ -554,19 +554,18 @@ def check_loreft_parameters(fn: Callable) -> Callable:
 DEFAULT_SEED = 0  # the seed every notebook's text was written for and checked on
 
 
-def claim(holds: bool, text: str, seed: int, shows: str = "") -> bool:
-    """Check a sentence of a notebook's text against this run; return whether it holds.
+def claim(holds: bool, text: str, seed: int, shows: str = "") -> None:
+    """Check a sentence of a notebook's text against this run (no return value: a cell that ends with it prints nothing).
 
     On the seed the text was written for (``DEFAULT_SEED``) a claim that fails is an error, so the committed notebook
     guards its text. On another seed it is a finding, not a bug: this prints what the run shows instead and carries
     on, so a learner who changes ``SEED`` is never stopped by a cell that is not an exercise."""
     if holds:
-        return True
+        return
     if seed == DEFAULT_SEED:
         raise AssertionError(f"{text} ({shows})" if shows else text)
     print(f"⚠ seed {seed}: the text says {text!r}, but this run does not show it{': ' + shows if shows else ''}. "
           f"(The text was checked on seed {DEFAULT_SEED}; results move with the seed.)")
-    return False
 
 
 # ---------------------------------------------------------------- the hard exercises (●●●), one per notebook 01-04
