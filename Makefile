@@ -2,6 +2,8 @@
 #   make lab    set up .venv (first time only) and open the course in JupyterLab
 #   make test   set up .venv (first time only) and run every test and every notebook
 #   make site   set up .venv (first time only) and build the course's website into build/site (notebooks executed, cached)
+#   make student  the light set for a student's laptop (the course, JupyterLab, the course model), then open the course
+#   make cache CACHE=DIR  build the course model's cache in a shared folder before class (students set CSREFT_CACHE=DIR)
 # Variables: VENV (default .venv), PYTHON (interpreter for the venv), JUPYTER_ARGS, PYTEST_ARGS.
 
 VENV ?= .venv
@@ -21,6 +23,8 @@ help:
 	@echo "make test-transformers4   tests/ on each transformers 4.x that CI runs, each in its own venv"
 	@echo "make site        build the course's website into $(SITE_DIR) (runs each changed notebook once)"
 	@echo "make test-site   open the built website in headless Chromium and check every page"
+	@echo "make student     the student install (no Sphinx, Selenium, alpaca-eval, PEFT), then open the course"
+	@echo "make cache CACHE=DIR   build the course model's cache in a shared folder before class"
 	@echo "make setup       only build $(VENV)"
 	@echo "make clean       remove $(VENV), the .venv-transformers-* venvs and build leftovers"
 
@@ -37,6 +41,28 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 lab: setup
 	@mkdir -p notebooks  # git keeps no empty folder; the server needs it
 	"$(VENV)/bin/jupyter" lab notebooks/ $(ROOT_FLAG) $(JUPYTER_ARGS)
+
+# A classroom: the light set, what notebooks 01-04 need (the course, JupyterLab, the course model; EXTRAS=lab), not the
+# developers' Sphinx, Selenium, alpaca-eval and PEFT. Its own stamp: `make lab` later adds the developers' set.
+.PHONY: student student-setup cache
+STUDENT_STAMP := $(VENV)/.csreft-student-installed
+
+$(STUDENT_STAMP): pyproject.toml constraints.txt scripts/install_env.sh
+	EXTRAS=lab PYTHON="$(PYTHON)" bash scripts/install_env.sh "$(VENV)"
+	@touch "$@"
+
+student-setup: $(STUDENT_STAMP)
+
+student: student-setup
+	@mkdir -p notebooks
+	"$(VENV)/bin/jupyter" lab notebooks/ $(ROOT_FLAG) $(JUPYTER_ARGS)
+
+# Build the course model's cache once, before class, in a folder every student can read (csreft_lite/models.py);
+# safe when several people run it at once. Students then set CSREFT_CACHE=DIR and load the model in seconds.
+CACHE ?=
+cache:
+	@test -n "$(CACHE)" || { echo "usage: make cache CACHE=/path/to/the/shared/folder" >&2; exit 2; }
+	"$(VENV)/bin/python" -m csreft_lite.models --build-cache "$(CACHE)"
 
 test: setup
 	"$(VENV)/bin/python" -m pytest $(PYTEST_ARGS)

@@ -7,6 +7,8 @@ and tokenizer on every supported transformers (the shims: the end of this file; 
 
 from __future__ import annotations
 
+import argparse
+import errno
 import importlib.util
 import json
 import os
@@ -43,10 +45,11 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "csreft_lite"
 
 
-def course_model_cache() -> Path:
-    """Where the dequantized course model lives: one folder per cache format and transformers major version (4 and 5
-    write config and tokenizer files the other cannot read), so environments with either share a cache directory."""
-    return cache_dir() / f"smollm2-135m-instruct-q4_1-v{_CACHE_FORMAT}-transformers{transformers_major()}"
+def course_model_cache(root: str | os.PathLike | None = None) -> Path:
+    """Where the dequantized course model lives, in ``root`` (default ``cache_dir()``): one folder per cache format and
+    transformers major version (4 and 5 write config and tokenizer files the other cannot read), so environments with
+    either share a cache directory."""
+    return (Path(root).expanduser() if root is not None else cache_dir()) / f"smollm2-135m-instruct-q4_1-v{_CACHE_FORMAT}-transformers{transformers_major()}"
 
 
 def course_gguf_path() -> Path:
@@ -92,9 +95,8 @@ def _finish(model, tokenizer, name: str):
     return model, tokenizer
 
 
-def _write_cache(target: Path) -> None:
-    """Dequantize the GGUF once and write safetensors + tokenizer into a temporary sibling folder, renamed into place
-    when complete: an interrupted build never leaves a cache that looks valid."""
+def _build_files(folder: Path) -> None:
+    """Dequantize the GGUF once and write safetensors, tokenizer and manifest into ``folder``."""
     import transformers
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -102,49 +104,118 @@ def _write_cache(target: Path) -> None:
     gguf = course_gguf_path()
     if importlib.util.find_spec("gguf") is None:
         raise CourseModelError(f"Reading the course model's GGUF file needs the `gguf` package. Fix: {INSTALL_HINT}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+    with quiet_loading():
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, output_loading_info=True, **dtype_kwarg(torch.float32)
+        )
+    tie_output_to_embedding(model, info["missing_keys"])
+    special_tokens_from_config(tokenizer, model)
+    gguf_adds_bos(tokenizer, gguf)
+    weights = save_for_every_version(model, tokenizer, folder)
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    sizes = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file()}
+    manifest = {"format": _CACHE_FORMAT, "source": COURSE_WHEEL, "gguf": COURSE_GGUF,
+                "transformers": transformers.__version__, "sizes": sizes}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def _unbuilt_share_error(target: Path, err: OSError) -> CourseModelError:
+    """The cache was never built and its folder cannot be written (a read-only share): say who builds it, and how."""
+    return CourseModelError(
+        f"The course model cache at {target} has not been built, and this user cannot write there "
+        f"({type(err).__name__}: {err}). A shared cache is built once, before class, by someone who can write to it: "
+        f"`python -m csreft_lite.models --build-cache {target.parent}` (or `make cache CACHE={target.parent}`). "
+        f"Or unset CSREFT_CACHE to build your own copy in {Path.home() / '.cache' / 'csreft_lite'} (about 20 s)."
+    )
+
+
+def _write_cache(target: Path, replace: bool = False) -> None:
+    """Build the cache in a temporary sibling folder and rename it into place when complete.
+
+    An interrupted build never leaves a cache that looks valid, and two builds at once (two students sharing
+    ``CSREFT_CACHE``) never delete each other's finished cache: the rename cannot replace a folder, so the second
+    builder finds the first one's cache and keeps it. ``replace`` (``rebuild_cache=True``) moves the old one aside
+    first.
+    """
     try:
-        with quiet_loading():
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model, info = AutoModelForCausalLM.from_pretrained(
-                gguf.parent, gguf_file=gguf.name, output_loading_info=True, **dtype_kwarg(torch.float32)
-            )
-        tie_output_to_embedding(model, info["missing_keys"])
-        special_tokens_from_config(tokenizer, model)
-        gguf_adds_bos(tokenizer, gguf)
-        weights = save_for_every_version(model, tokenizer, tmp)
-        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        sizes = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-        manifest = {"format": _CACHE_FORMAT, "source": COURSE_WHEEL, "gguf": COURSE_GGUF,
-                    "transformers": transformers.__version__, "sizes": sizes}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if target.exists():  # a broken cache we were asked to rebuild
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+    except PermissionError as err:
+        raise _unbuilt_share_error(target, err) from None
+    except OSError as err:
+        if err.errno != errno.EROFS:
+            raise
+        raise _unbuilt_share_error(target, err) from None
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a shared cache must be readable by every student
+        _build_files(tmp)
+        _install(tmp, target, replace)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _check_cache(target: Path) -> None:
-    """Refuse a cache whose files are missing or have the wrong size."""
-    fix = f"Delete the folder {target} (or call load_course_model(rebuild_cache=True)) and it is rebuilt."
-    manifest_file = target / "manifest.json"
+def _install(tmp: Path, target: Path, replace: bool) -> None:
+    """Rename the finished build ``tmp`` to ``target``; a valid cache already there is kept unless ``replace``."""
+    for _ in range(3):  # another builder may move a broken cache aside at the same moment: try again
+        try:
+            os.rename(tmp, target)  # atomic; fails when target exists (a folder is never replaced by rename)
+            return
+        except OSError:
+            if not target.exists():
+                continue
+        if not replace and _cache_problem(target) is None:  # someone else finished first: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        aside = Path(tempfile.mkdtemp(prefix=".replaced-", dir=target.parent))
+        try:
+            os.rename(target, aside / target.name)  # atomic: readers see the old cache or none, never half of one
+        except FileNotFoundError:
+            pass
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
+        replace = False  # the old one is gone; a cache that appears now is another builder's, and valid
+    raise CourseModelError(f"Could not move the new course model cache into {target}: another process keeps "
+                           f"replacing it. Run the build again when the other build has finished.")
+
+
+def _cache_problem(target: Path) -> str | None:
+    """What is wrong with the cache at ``target`` (missing or wrong-sized files, another format), or None."""
     try:
-        manifest = json.loads(manifest_file.read_text())
+        manifest = json.loads((target / "manifest.json").read_text())
         sizes = manifest["sizes"]
     except (OSError, ValueError, KeyError) as err:
-        raise CourseModelError(f"The course model cache at {target} is corrupt (unreadable manifest: {err}). {fix}") from None
+        return f"is corrupt (unreadable manifest: {err})"
     if manifest.get("format") != _CACHE_FORMAT:
-        raise CourseModelError(f"The course model cache at {target} was written by another csreft_lite version. {fix}")
+        return "was written by another csreft_lite version"
     for name, size in sizes.items():
         path = target / name
         if not path.is_file() or path.stat().st_size != size:
             found = path.stat().st_size if path.is_file() else "missing"
-            raise CourseModelError(
-                f"The course model cache at {target} is corrupt: {name} should have {size} bytes, found {found}. {fix}"
-            )
+            return f"is corrupt: {name} should have {size} bytes, found {found}"
+    return None
+
+
+def _check_cache(target: Path) -> None:
+    """Refuse a cache whose files are missing or have the wrong size."""
+    problem = _cache_problem(target)
+    if problem:
+        fix = f"Delete the folder {target} (or call load_course_model(rebuild_cache=True)) and it is rebuilt."
+        raise CourseModelError(f"The course model cache at {target} {problem}. {fix}")
+
+
+def build_cache(directory: str | os.PathLike | None = None, rebuild: bool = False) -> Path:
+    """Build the course model's cache in ``directory`` (default: ``cache_dir()``) and return its folder.
+
+    For a classroom: build it once on a shared folder before class, then every student sets ``CSREFT_CACHE`` to it
+    and loads in seconds. Safe when several people run it at once; an existing valid cache is kept unless ``rebuild``.
+    """
+    target = course_model_cache(directory)
+    if rebuild or not target.exists():
+        _write_cache(target, replace=rebuild)
+    _check_cache(target)
+    return target
 
 
 def load_course_model(dtype: torch.dtype | str = torch.float32, device: torch.device | str | None = "cpu",
@@ -158,7 +229,9 @@ def load_course_model(dtype: torch.dtype | str = torch.float32, device: torch.de
 
     dtype, device = _resolve_dtype(dtype), _resolve_device(device)  # bad arguments fail here, not as a cache error
     target = course_model_cache()
-    if rebuild_cache or not target.exists():
+    if rebuild_cache:
+        _write_cache(target, replace=True)
+    elif not target.exists():
         _write_cache(target)
     _check_cache(target)
     try:
@@ -284,3 +357,19 @@ def save_for_every_version(model, tokenizer, folder: Path) -> dict[str, torch.Te
     tokenizer.save_pretrained(folder, save_jinja_files=False)
     tied = model.config.tie_word_embeddings
     return {k: v.contiguous() for k, v in model.state_dict().items() if not (tied and k == _output_weight_name(model))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m csreft_lite.models --build-cache DIR``: build the shared course model cache before class."""
+    parser = argparse.ArgumentParser(prog="python -m csreft_lite.models", description=main.__doc__)
+    parser.add_argument("--build-cache", metavar="DIR", required=True, type=Path,
+                        help="the folder students will point CSREFT_CACHE at (created if needed)")
+    parser.add_argument("--rebuild", action="store_true", help="replace a cache that is already there")
+    args = parser.parse_args(argv)
+    target = build_cache(args.build_cache, rebuild=args.rebuild)
+    shared = args.build_cache.expanduser().resolve()
+    print(f"course model cache ready: {target}\nstudents: export CSREFT_CACHE={shared}")
+
+
+if __name__ == "__main__":
+    main()

@@ -109,7 +109,7 @@ def heatmap(matrix, row_labels, col_labels, ax=None, title: str = "", xlabel: st
             ax.text(j, i, fmt.format(m[i, j]), ha="center", va="center", fontsize=9, color="white" if dark else "black")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     fig.colorbar(image, ax=ax, label=colorbar, pad=0.03)
-    fig.tight_layout()
+    fig.tight_layout(w_pad=3.0)  # room between a colourbar's label and the next panel's axis label
     return fig
 
 
@@ -159,7 +159,7 @@ def subspace_picture(R, h, edited=None, ax=None, side_ax=None, title: str = "An 
     if edited is not None:
         arrows.append((edited, "tab:red", "edited Φ(h)"))
     for vec, color, label in arrows:
-        ax.quiver(0, 0, 0, *vec, color=color, linewidth=2, arrow_length_ratio=0.08, label=label)
+        ax.quiver(0, 0, 0, *vec, color=color, linewidth=2, arrow_length_ratio=0.15, label=label)
     ax.plot(*zip(h, proj), color="grey", linestyle=":", linewidth=1)  # h minus its projection: normal to the plane
     if edited is not None:
         ax.plot(*zip(h, edited), color="tab:red", linestyle=":", linewidth=1)
@@ -169,6 +169,7 @@ def subspace_picture(R, h, edited=None, ax=None, side_ax=None, title: str = "An 
     ax.set_xticks(ticks), ax.set_yticks(ticks), ax.set_zticks(ticks)
     ax.tick_params(labelsize=8)
     ax.set_xlabel("x₁"), ax.set_ylabel("x₂"), ax.set_zlabel("x₃")
+    ax.view_init(elev=30, azim=215)  # h, its projection and Φ(h) all seen nearly at full length (the default looked down h)
     ax.set_title(title)
     ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(arrows), frameon=False)
     if side_ax is not None:
@@ -201,7 +202,7 @@ def _side_view(ax, R, arrows, h, edited):
     xs, ys = zip(*(point(v) for v, _, _ in arrows))
     ax.set_xlim(-0.15, 1.25 * max(max(xs), 0.5)), ax.set_ylim(min(-0.3, 1.25 * min(ys)), max(0.3, 1.25 * max(ys)))
     ax.set_aspect("equal")  # one unit is as long across as up: the drawn lengths are the true ones
-    ax.set(xlabel="length of the part in the plane, ‖RᵀR v‖", ylabel="distance from the plane",
+    ax.set(xlabel="length of each arrow's part in the plane", ylabel="distance from the plane",
            title="Side view: true lengths and heights")
     ax.legend(loc="lower right", fontsize="small")
     ax.grid(alpha=0.3)
@@ -253,9 +254,9 @@ def forgetting_curves(curves: dict, switch: int, ax=None, title: str = "Does lea
         steps, values = zip(*points)
         ax.plot(steps, values, marker="o", markersize=3, label=name)
     ax.axvline(switch, color="grey", linestyle="--", linewidth=1)
-    top = ax.get_ylim()[1]
-    ax.text(switch / 2, top, phases[0], ha="center", va="top", fontsize=9, color="grey")
-    ax.text(switch * 1.5, top, phases[1], ha="center", va="top", fontsize=9, color="grey")
+    box = dict(facecolor="white", edgecolor="none", pad=1.5)  # no gridline runs through the phase's name
+    for x, phase in ((switch / 2, phases[0]), (switch * 1.5, phases[1])):
+        ax.text(x, 0.97, phase, ha="center", va="top", fontsize=9, color="grey", bbox=box, transform=ax.get_xaxis_transform())
     ax.set(xlabel="optimiser step", ylabel=ylabel, title=title)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.grid(alpha=0.3)

@@ -4,7 +4,8 @@
 #   scripts/install_env.sh [VENV]      create the virtual environment VENV (default .venv) if needed, install into it
 #   scripts/install_env.sh --current   install into the running python instead (a conda env, for example)
 #
-# Environment: PYTHON (interpreter for the new venv, default python3), EXTRAS (default dev),
+# Environment: PYTHON (interpreter for the new venv, default python3), EXTRAS (default dev: the developers' set;
+# lab: the light student set, the course + JupyterLab + the course model, as `make student` installs it),
 # CONSTRAINTS (pin file, default constraints.txt; empty for none),
 # TRANSFORMERS (a transformers version to install instead of the pinned one, e.g. 4.45.1; its pins then
 # come from .ci/constraints-transformers-VERSION.txt, or from none when that file does not exist).

@@ -45,3 +45,9 @@ def difference_of_means(states_a: torch.Tensor, states_b: torch.Tensor) -> torch
     """The steering vector from ``states_a [n_a, d]`` towards which ``states_b [n_b, d]`` point away:
     mean of A minus mean of B, ``[d]``."""
     return states_a.mean(dim=0) - states_b.mean(dim=0)
+
+
+def logit_lens(model: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """Next-token logits ``[..., vocab]`` the model would give if its residual stream stopped at ``h`` (``[..., d]``):
+    the model's final norm, then its output layer, exactly what follows the last decoder layer."""
+    return model.lm_head(model.model.norm(h))

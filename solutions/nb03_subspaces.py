@@ -34,3 +34,10 @@ def subspace_overlap(R: torch.Tensor) -> torch.Tensor:
     k, r, d = R.shape
     cross = torch.einsum("ird,jsd->ijrs", R, R)  # [k, k, r, r]: Rᵢ Rⱼᵀ
     return cross.pow(2).sum((-1, -2)).sqrt() / r**0.5
+
+
+def principal_cosines(Ri: torch.Tensor, Rj: torch.Tensor) -> torch.Tensor:
+    """The r cosines of the principal angles between two subspaces with orthonormal bases ``Ri``, ``Rj``
+    (``[r, d]``), largest first: the singular values of ``Ri Rjᵀ``. They do not depend on which basis of each
+    subspace is given, and ``sqrt(mean(cos²))`` is the overlap ``‖Ri Rjᵀ‖_F / √r``."""
+    return torch.linalg.svdvals(Ri @ Rj.T)

@@ -40,3 +40,17 @@ def balance_term(probs: torch.Tensor) -> torch.Tensor:
         return -(p * p.clamp_min(1e-12).log()).sum(-1)
 
     return entropy(q).mean() - entropy(q.mean(0))
+
+
+def routing_nmi(skills: list, subspaces: list) -> float:
+    """Normalised mutual information between each prompt's skill and the subspace it was routed to:
+    ``I(S; C) / ((H(S) + H(C)) / 2)`` from the counts, natural log; 0 when either entropy is 0."""
+    import math
+    from collections import Counter
+
+    n = len(skills)
+    joint, by_skill, by_sub = Counter(zip(skills, subspaces)), Counter(skills), Counter(subspaces)
+    mutual = sum(c / n * math.log(c * n / (by_skill[s] * by_sub[x])) for (s, x), c in joint.items())
+    h_skill = -sum(c / n * math.log(c / n) for c in by_skill.values())
+    h_sub = -sum(c / n * math.log(c / n) for c in by_sub.values())
+    return 0.0 if h_skill == 0 or h_sub == 0 else mutual / ((h_skill + h_sub) / 2)

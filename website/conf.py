@@ -16,6 +16,7 @@ from sphinx import addnodes
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # autodoc reads this checkout's csreft_lite
+sys.path.insert(0, str(ROOT / "website"))  # instructor_tables: the guide's generated table
 
 from csreft_lite import __version__, colab  # noqa: E402
 
@@ -30,10 +31,10 @@ root_doc = "README"
 # SITE_NOTEBOOKS="01 05" builds only those notebooks (a quick look while editing); `make site` builds all.
 _only = os.environ.get("SITE_NOTEBOOKS", "").split()
 NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb") if not _only or p.name[:2] in _only)
-include_patterns = ["README.md", "website/api.md", "bench/RESULTS.md", "docs/benchmarks.md"]
+include_patterns = ["README.md", "website/api.md", "bench/RESULTS.md", "docs/benchmarks.md", "docs/instructor.md"]
 include_patterns += [f"notebooks/{name}.ipynb" for name in NOTEBOOKS]
 exclude_patterns = ["build", ".venv*", ".jupyter_cache", "**/.ipynb_checkpoints"]
-TOCTREE = [f"notebooks/{name}" for name in NOTEBOOKS] + ["website/api", "bench/RESULTS", "docs/benchmarks"]
+TOCTREE = [f"notebooks/{name}" for name in NOTEBOOKS] + ["docs/instructor", "website/api", "bench/RESULTS", "docs/benchmarks"]
 
 # Execution: once, cached; any error fails the build (a cell tagged raises-exception may raise).
 nb_execution_mode = "cache"
@@ -82,6 +83,14 @@ def _add_toctree(app, docname, source):
         source[0] += "\n\n```{toctree}\n:hidden:\n\n" + "\n".join(TOCTREE) + "\n```\n"
 
 
+def _instructor_tables(app, docname, source):
+    """The instructor's guide gets its table of the checkers' mistakes from csreft_lite.checks at every build."""
+    if docname == "docs/instructor":
+        import instructor_tables  # website/instructor_tables.py
+
+        source[0] = instructor_tables.fill(source[0])
+
+
 def _repo_file_links(app, doctree, docname):
     """A link to a repository file that is not a page (a script, a JSON file) opens it on GitHub."""
     for node in list(doctree.findall(addnodes.download_reference)):
@@ -113,6 +122,7 @@ def _index_redirect(app, exception):
 
 def setup(app):
     app.connect("source-read", _add_toctree)
+    app.connect("source-read", _instructor_tables)
     app.connect("doctree-resolved", _repo_file_links)
     app.connect("env-check-consistency", _every_notebook_ran)
     app.connect("build-finished", _index_redirect)

@@ -7,7 +7,9 @@ request that leaves 127.0.0.1 (a CDN script, a web font), so what passes here re
 For each notebook page: as many rendered figures (loaded images, naturalWidth > 0) as the executed notebook
 has image outputs (counted in MyST-NB's execution cache, not written down here); math typeset by MathJax
 (no raw `$$` left); no traceback; the Open-in-Colab button and the links cell open this notebook's own path.
-For the site: the sidebar reaches every notebook, the next/previous links work, and search finds pages.
+For the site: the sidebar reaches every notebook and the instructor's guide, the next/previous links work, and
+search finds pages. The guide shows its generated table of the checkers' mistakes, a row for every exercise. Widget
+pages load their icon fonts from the site's own copy (_static/vendor/html-manager/), not from the page's folder.
 
 Needs Debian's `chromium` and `chromium-driver` and `selenium` (`pip install -e ".[docs]"`). Where they are
 missing the tests skip, except in CI (CI=true), where they fail.
@@ -110,6 +112,7 @@ def browser():
         _missing("selenium is not installed (pip install -e '.[docs]')")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # failed loads (a font not found) are logged
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000",
                  # no host but this machine: anything fetched from the web would fail to load
                  "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
@@ -182,6 +185,43 @@ def test_notebook_page_as_a_visitor_sees_it(browser, server, notebook):
     assert (ROOT / repo_path).is_file()
 
     assert not _offsite_requests(browser, server), f"{notebook.name}: requests that leave the machine"
+    assert not _missing_fonts(browser, server), f"{notebook.name}: fonts not found: {_missing_fonts(browser, server)}"
+
+
+FONTS = (".woff2", ".woff", ".ttf", ".eot")
+
+
+def _missing_fonts(browser, base: str) -> list[str]:
+    """Font files the page asked for outside the site's copy, or that the browser could not load (console errors)."""
+    names = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    elsewhere = [n for n in names if n.split("?")[0].endswith(FONTS) and not n.startswith(base + "_static/")]
+    failed = [e["message"] for e in browser.get_log("browser")
+              if e["level"] == "SEVERE" and any(ext in e["message"] for ext in FONTS)]
+    return elsewhere + failed
+
+
+def test_the_instructors_guide_shows_the_checkers_mistakes(browser, server):
+    import importlib.util
+
+    from selenium.webdriver.common.by import By
+
+    spec = importlib.util.spec_from_file_location("instructor_tables", ROOT / "website" / "instructor_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    _open(browser, server + "docs/instructor.html")
+    browser.save_screenshot(str(SCREENSHOTS / "instructor.png"))
+    sidebar = {a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "nav.bd-links a")}
+    assert server + "docs/instructor.html" in sidebar, "the sidebar does not link the instructor's guide"
+    plain = str.maketrans({"’": "'", "‘": "'", "“": '"', "”": '"'})  # Sphinx's smart quotes, back to the source's
+    cells = [td.text.translate(plain) for td in browser.find_elements(By.CSS_SELECTOR, "main table td")]
+    for exercise in tables.exercises():
+        assert exercise in cells, f"the guide's table has no row for {exercise}"
+    for mistakes in tables.mistakes().values():
+        for _, says in mistakes:
+            assert says in cells, f"the guide's table lacks the message {says!r}"
+    source = browser.page_source
+    assert tables.MARKER not in source and "SEED_TABLE" not in source
+    assert not _offsite_requests(browser, server)
 
 
 def test_navigation_reaches_every_notebook(browser, server):
