@@ -20,6 +20,7 @@ A wrong answer raises ``ExerciseError`` on the failing case: a mistake learners 
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -331,6 +332,17 @@ def check_exercise(fn: Callable, solution: str, cases: Sequence[Case], hint: str
     print(f"✓ {name}: all {len(cases)} checks passed.")
     OUTCOMES[name] = Outcome(name, "solved", len(cases), len(cases))
     return fn
+
+
+def graded(name: str) -> None:
+    """An nbgrader test cell's last line: under nbgrader (``NBGRADER_EXECUTION`` set), fail unless the learner's own
+    function passed its check (an unsolved stub continues with the fallback and would pass); elsewhere, nothing."""
+    if not os.environ.get("NBGRADER_EXECUTION"):
+        return
+    outcome = OUTCOMES.get(name)
+    if outcome is None or outcome.status != "solved":
+        status = outcome.status if outcome else "not checked"
+        raise ExerciseError(f"{name}: {status}; this exercise scores only when your own function passes its check.")
 
 
 def summary() -> str:

@@ -2,9 +2,9 @@
 
     python -m csreft_lite.grade submissions/ --csv grades.csv [--time-limit 10] [--workers 2]
 
-Each exercise function is taken out of its notebook without running the notebook: the code cell that calls
-``checks.check_NAME`` gives its ``def NAME`` (and any other ``def``, ``class``, import or ``NAME = ...`` in that cell),
-after the notebook's top-level imports from every cell. Helpers a learner defined in another cell are not taken.
+Each exercise function is taken out of its notebook without running the notebook: the code cell that defines
+``NAME`` (the one that calls ``checks.check_NAME``, or the nearest one before it) gives its ``def NAME`` and any
+other ``def``, ``class``, import or ``NAME = ...`` in that cell, after the notebook's top-level imports. Helpers a learner defined in another cell are not taken.
 Each exercise then runs in a child process forked from this one (torch is imported once, here), in a fresh working
 folder that is thrown away, under a time limit: a submission that loops, raises, exits, does not parse or deletes
 files costs its own row only. This is not a security sandbox: a submission could still reach the rest of the machine,
@@ -157,8 +157,18 @@ def tasks_of(path: Path, exercises: list[str] | None = None) -> list[Task]:
     return [_task(path.name, name, cells, imports) for name in names]
 
 
+def answer_cell(cells: list[str], name: str) -> str | None:
+    """The cell that answers ``name``: the one running its check when it defines ``name`` too, else the nearest cell
+    before it that does (nbgrader's layout: an answer cell, then a locked check cell)."""
+    at = next((i for i, c in enumerate(cells) if re.search(rf"\bchecks\.check_{name}\s*\(", c)), None)
+    if at is None:
+        return None
+    defines = re.compile(rf"^(def {name}\b|{name}\s*=(?!\s*checks\.check_))", re.M)
+    return next((cells[i] for i in range(at, -1, -1) if defines.search(cells[i])), cells[at])
+
+
 def _task(file: str, name: str, cells: list[str], imports: list[ast.stmt]) -> Task:
-    cell = next((c for c in cells if re.search(rf"\bchecks\.check_{name}\s*\(", c)), None)
+    cell = answer_cell(cells, name)
     if cell is None:
         return Task(file, name, verdict=Row(file, name, "missing", f"no cell runs checks.check_{name}"))
     try:

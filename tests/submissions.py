@@ -33,6 +33,13 @@ def exercises(notebook: dict) -> dict[str, int]:
     return found
 
 
+def answer_cell(notebook: dict, name: str) -> dict:
+    """The cell holding the stub ``def name``: the check's own cell, or the answer cell just before it (nbgrader's)."""
+    at = exercises(notebook)[name]
+    return next(notebook["cells"][i] for i in range(at, -1, -1)
+                if re.search(rf"^def {name}\b", "".join(notebook["cells"][i]["source"]), re.M))
+
+
 def _solution(module: str, name: str) -> tuple[list[str], ast.FunctionDef]:
     """The reference's imports (as lines) and its ``def`` (an AST to transform)."""
     source = inspect.getsource(importlib.import_module(f"solutions.{module}"))
@@ -100,7 +107,7 @@ def submission(notebook: str, answers: list[str | None]) -> dict:
     for i, name in enumerate(names):
         kind = answers[i] if i < len(answers) else "correct"
         if kind is not None:
-            cell = nb["cells"][exercises(nb)[name]]
+            cell = answer_cell(nb, name)
             cell["source"] = with_answer("".join(cell["source"]), name, answer(SOLUTIONS[notebook], name, kind))
     return nb
 

@@ -13,7 +13,7 @@ import pytest
 
 from csreft_lite import grade
 
-from .submissions import NOTEBOOKS, exercises, submission, with_answer, write_submissions
+from .submissions import NOTEBOOKS, answer_cell, submission, with_answer, write_submissions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def test_grading_a_folder_writes_the_right_row_for_each_submission_and_exercise(
 
 def _notebook_with(tmp_path, notebook: str, name: str, code: str) -> Path:
     nb = json.loads((NOTEBOOKS / notebook).read_text())
-    cell = nb["cells"][exercises(nb)[name]]
+    cell = answer_cell(nb, name)
     cell["source"] = with_answer("".join(cell["source"]), name, code)
     path = tmp_path / f"x_{notebook}"
     path.write_text(json.dumps(nb))
