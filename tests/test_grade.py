@@ -18,6 +18,7 @@ from .submissions import NOTEBOOKS, answer_cell, submission, with_answer, write_
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.classroom
 def test_grading_a_folder_writes_the_right_row_for_each_submission_and_exercise(tmp_path):
     folder = tmp_path / "submissions"
     folder.mkdir()
