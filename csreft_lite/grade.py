@@ -119,6 +119,8 @@ def _handed_to(sub: ast.AST, aliases: dict[str, str], library: set[str]) -> str 
         return "the reference answers (solutions)" if any(m.split(".")[0] == "solutions" for m in modules) else None
     if isinstance(sub, ast.Name):
         used = aliases.get(sub.id)
+        if used == "checks":  # an answer has no use for the checkers, except to fool them (checks.compare = ...)
+            return "the checkers themselves (checks)"
     elif isinstance(sub, ast.Attribute):
         on_checks = isinstance(sub.value, ast.Name) and sub.value.id == "checks"
         if on_checks and sub.attr in ("reference", "expected", "FALLBACKS"):

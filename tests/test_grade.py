@@ -55,6 +55,7 @@ def _notebook_with(tmp_path, notebook: str, name: str, code: str) -> Path:
     "def balance_term(probs):\n    return cl.routing.balance_loss(probs)",
     "from csreft_lite.routing import balance_loss as mine\n\ndef balance_term(probs):\n    return mine(probs)",
     "def balance_term(probs):\n    return checks.FALLBACKS['balance_term'][0](probs)",
+    "def balance_term(probs):\n    checks.compare = lambda *args, **kwargs: None\n    return probs.sum()",
 ])
 def test_handing_the_exercise_to_the_library_is_delegating(tmp_path, code):
     path = _notebook_with(tmp_path, "04_router.ipynb", "balance_term", code)
