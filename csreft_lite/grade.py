@@ -258,14 +258,14 @@ def preimport(sources: list[str]) -> None:
     from transformers import LlamaForCausalLM  # noqa: F401  (record_hidden's tiny model)
 
     torch.set_num_threads(1)
-    for source in sources:
-        for node in filter(None, map(_parse, [source])):
-            for imp in (n for n in node.body if isinstance(n, ast.Try)):
-                statement = imp.body[0]
-                top = (statement.names[0].name if isinstance(statement, ast.Import) else statement.module or "").split(".")[0]
-                if top in SAFE_TO_PREIMPORT:
-                    with contextlib.suppress(Exception):
-                        exec(compile(ast.Module(body=[statement], type_ignores=[]), "preimport", "exec"), {})
+    statements = {}
+    for tree in filter(None, map(_parse, sources)):  # the guarded imports at the top of each task's source
+        statements.update({ast.unparse(n.body[0]): n.body[0] for n in tree.body if isinstance(n, ast.Try)})
+    for statement in statements.values():
+        names = [a.name for a in statement.names] if isinstance(statement, ast.Import) else [statement.module or ""]
+        if all(name.split(".")[0] in SAFE_TO_PREIMPORT for name in names):
+            with contextlib.suppress(Exception):
+                exec(compile(ast.Module(body=[statement], type_ignores=[]), "preimport", "exec"), {})
 
 
 def run_all(tasks: list[Task], time_limit: float = 10.0, workers: int = 2) -> list[Row]:
