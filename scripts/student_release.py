@@ -42,8 +42,9 @@ prints which exercises you solved.
 
 def release_pyproject(text: str) -> str:
     """The course's pyproject.toml, packaging ``csreft_lite`` only and without the developers' pytest set-up."""
-    text = re.sub(r'include = \[[^\]]*\]', 'include = ["csreft_lite*"]', text)
-    text = re.sub(r"# solutions: [^\n]*\n", "# The student release: the library only, no reference answers.\n", text)
+    text = re.sub(r"\[tool\.setuptools\.packages\.find\]\n(#[^\n]*\n)*include = \[[^\]]*\]",
+                  '[tool.setuptools.packages.find]\n# The student release: the library only, no reference answers.\n'
+                  'include = ["csreft_lite*"]', text)
     return re.sub(r"\n\[tool\.pytest\.ini_options\].*", "\n", text, flags=re.S)
 
 
