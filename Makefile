@@ -14,7 +14,7 @@ STAMP := $(VENV)/.csreft-installed
 
 SITE_DIR ?= build/site
 
-.PHONY: help setup lab test test-fast test-transformers4 sync-notebooks constraints clean site test-site clean-site
+.PHONY: help setup lab test test-fast test-transformers4 sync-notebooks constraints clean site test-site clean-site student-release
 
 help:
 	@echo "make lab         open the course in JupyterLab (sets up $(VENV) first)"
@@ -25,6 +25,7 @@ help:
 	@echo "make test-site   open the built website in headless Chromium and check every page"
 	@echo "make student     the student install (no Sphinx, Selenium, alpaca-eval, PEFT), then open the course"
 	@echo "make cache CACHE=DIR   build the course model's cache in a shared folder before class"
+	@echo "make student-release   write build/student/: the course for a class, without the reference answers"
 	@echo "make setup       only build $(VENV)"
 	@echo "make clean       remove $(VENV), the .venv-transformers-* venvs and build leftovers"
 
@@ -95,6 +96,11 @@ clean-site:
 # (csreft_lite/colab.py).
 sync-notebooks: setup
 	"$(VENV)/bin/python" scripts/sync_notebooks.py notebooks/
+
+# The course without solutions/ for a class (scripts/student_release.py): notebooks, csreft_lite, a README for
+# students, the install files. Unsolved exercises there continue with the library's own implementation.
+student-release: setup
+	"$(VENV)/bin/python" scripts/student_release.py build/student
 
 # Re-pin CI's tested versions from the current environment (torch and the course model are pinned elsewhere).
 constraints: setup

@@ -8,19 +8,24 @@ Pattern (one per exercise, see ``check_exercise``)::
 
     loreft_edit = checks.check_loreft_edit(loreft_edit)   # prints ✓, or says what is wrong
 
+Expected values come from the reference answers in ``solutions/`` when it is importable (a clone), else from
+``FALLBACKS``: the library's own implementation of each exercise (a student release ships no ``solutions/``).
 A stub that raises ``NotImplementedError`` (on the first case: not solved yet; on a later one: partly
-solved) does not break the notebook: the checker says so and returns the reference from ``solutions/``.
-A wrong answer raises ``ExerciseError`` with expected-vs-got on the failing case and a hint. ``summary()``
-ends each notebook: which exercises used the reference (``OUTCOMES``).
+solved) does not break the notebook: the checker says so and returns that reference or fallback.
+A wrong answer raises ``ExerciseError`` on the failing case: a mistake learners really make is named
+(``MISTAKES``); otherwise a nudge first and the full recipe only when the same check fails again
+(``HINTS``). ``summary()`` ends each notebook: which exercises fell back (``OUTCOMES``).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 
 class ExerciseError(AssertionError):
@@ -36,10 +41,164 @@ class Case:
     kwargs: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Mistake:
+    """A wrong answer learners really write (``what``) and what the checker says when it sees one (``says``)."""
+
+    what: str
+    says: str
+
+
+# Exercise -> the mistakes its checker recognises by name (the instructor's guide prints this table).
+MISTAKES: dict[str, dict[str, Mistake]] = {
+    "record_hidden": {
+        "hook_left": Mistake("leaves the forward hook on the layer",
+                             "a hook is still attached after your function returned; remove it (handle.remove(), in a finally: block)"),
+        "layer_input": Mistake("records the layer's input (args[0], or hidden_states[layer])",
+                               "you returned the layer's input; record its output instead"),
+        "after_final_norm": Mistake("reads output_hidden_states=True's hidden_states[layer + 1]",
+                                    "this is hidden_states[layer + 1], right for every layer but the last: the last entry "
+                                    "is taken after the model's final norm, not from the layer's output; record it with a hook"),
+        "requires_grad": Mistake("keeps the autograd graph",
+                                 "the recorded tensor still requires grad; store output.detach() (or run under torch.no_grad())"),
+    },
+    "steer": {
+        "in_place": Mistake("adds to h in place", "your function changed its input h in place; return a new tensor (h.clone() first, or h + ...)"),
+        "sign": Mistake("subtracts the vector", "the vector moved h the wrong way (check the sign of the scale)"),
+        "every_position": Mistake("ignores positions", "you added the vector at every position; add it only at h[:, positions]"),
+    },
+    "difference_of_means": {
+        "reversed": Mistake("mean of B minus mean of A", "your vector points the wrong way (it should point from set B towards set A)"),
+        "feature_mean": Mistake("averages over the features (dim 1)",
+                                "you averaged each example over its features; average each set over its examples (dim 0)"),
+    },
+    "orthonormalize": {
+        "transposed": Mistake("returns QR's Q without transposing it back", "a transpose too many or too few"),
+        "not_unit": Mistake("forgets to normalise", "the rows do not have length 1"),
+        "not_orthogonal": Mistake("normalises without removing the components along earlier rows", "the rows are not orthogonal"),
+        "other_span": Mistake("returns an orthonormal basis of another subspace (e.g. identity rows)",
+                              "R has orthonormal rows but spans another subspace than the rows of A"),
+    },
+    "loreft_edit": {
+        "no_subtract": Mistake("h + Rᵀ(W h + b), without − R h", "you added Rᵀ(W h + b) without subtracting R h: that adds to the "
+                                                                 "subspace coordinates instead of replacing them"),
+        "change_only": Mistake("returns Rᵀ(W h + b − R h) only", "you returned only the change Rᵀ(W h + b − R h); Φ(h) is h plus that change"),
+    },
+    "loreft_parameters": {
+        "bias_twice": Mistake("counts the bias twice", "one r too many per intervention (the bias b counted twice)"),
+        "no_bias": Mistake("forgets the bias", "the bias b (r numbers per intervention) seems missing"),
+        "one_matrix": Mistake("counts R or W only", "one r×d matrix per intervention seems missing: LoReFT trains both R and W"),
+        "extra_matrix": Mistake("counts a third r×d matrix", "one r×d matrix too many per intervention: LoReFT trains R and W, two of them"),
+        "one_intervention": Mistake("forgets n_interventions", "it looks like one intervention, not n_interventions"),
+    },
+    "interference": {
+        "sign": Mistake("mixed minus alone", "your drops have the wrong sign: I_s is alone − mixed, positive when the mixture hurts"),
+        "relative": Mistake("divides the drop by the accuracy alone", "I_s is the plain difference alone − mixed in accuracy points, not a ratio"),
+    },
+    "orthogonal_subspaces": {
+        "each_alone": Mistake("orthonormalises each subspace on its own", "subspaces are not orthogonal to each other: "
+                                                                          "each basis is orthonormal, but not the k·r rows together"),
+        "order": Mistake("deals the orthonormal rows to the wrong subspaces",
+                         "subspace i must be built from raw[i] in order (Gram-Schmidt order): R[0] spans raw[0], R[0] and R[1] "
+                         "together span raw[0] and raw[1], and so on; CSReFT.freeze_subspaces relies on that order"),
+        "not_from_raw": Mistake("builds orthonormal bases from scratch", "the bases are orthonormal but do not span the rows of raw "
+                                                                         "(build them from raw, not from scratch)"),
+    },
+    "subspace_overlap": {
+        "not_normalised": Mistake("forgets to divide by √r", "the diagonal should be exactly 1 (a subspace overlaps itself "
+                                                             "fully); yours is √r: divide by √r"),
+        "divided_by_r": Mistake("divides by r instead of √r", "the diagonal should be exactly 1; yours is 1/√r: divide by √r, not r"),
+        "squared": Mistake("the squared Frobenius norm", "your diagonal is right but not the rest: take the square root of the sum of squares"),
+    },
+    "gated_edit": {
+        "no_subtract": Mistake("Wᵢh + bᵢ without − Rᵢh", "you did not subtract Rᵢh: each subspace's coordinates must be replaced, not added to"),
+        "change_only": Mistake("returns the sum of the edits without h", "you returned only the change; the edited states are h plus it"),
+        "gates_ignored": Mistake("ignores the gates", "with every gate 0 the edit must vanish: scale each subspace's edit by that example's gate"),
+    },
+    "instruction_summary": {
+        "every_token": Mistake("averages every token", "you averaged every token; average only t with start <= t < end of each example's span"),
+        "end_inclusive": Mistake("counts the end token", "off by one: the span's end is excluded (start <= t < end)"),
+        "no_layer_norm": Mistake("averages the raw hidden states", "every token must be layer-normed before the mean (one vote each)"),
+        "norm_after_mean": Mistake("layer-norms the mean instead of each token",
+                                   "you normalised the mean; normalise each token first, then take the mean"),
+    },
+    "balance_term": {
+        "sign": Mistake("H(mean) − mean H", "your sign is flipped: lower must be better (mean of the rows' entropies minus the entropy of the mean row)"),
+        "unnormalised": Mistake("forgets to normalise the rows", "sigmoid gates' rows do not sum to 1: normalise each row first"),
+        "log_of_zero": Mistake("0 · log 0 = nan", "your answer is nan, and this case has probabilities that are exactly 0: 0 · log 0 is "
+                                                 "0 · (−inf) = nan in floating point, while the entropy counts it as 0. Keep the log away "
+                                                 "from 0 (clamp q to a tiny minimum first) or drop the zero terms"),
+        "log2": Mistake("log base 2", "your entropies are in bits: use the natural log (torch.log)"),
+    },
+}
+
+# Exercise -> (a nudge at the first failure, the recipe once the same check has failed before).
+HINTS: dict[str, tuple[str, str]] = {
+    "record_hidden": ("a forward hook's output is the layer's output; the hook must not outlive your function.",
+                      "register a forward hook on decoder_layers(model)[layer] that stores hidden_of(output).detach(); run the "
+                      "model; remove the hook in a finally: block; return what it stored."),
+    "steer": ("the vector goes only where positions says, and h itself must stay as it was.",
+              "h + scale * vector broadcasts over batch and positions; for a slice, copy h and add at h[:, positions]."),
+    "difference_of_means": ("one mean per set, over its examples; the vector points towards set A.",
+                            "average each set over its examples (dimension 0), then subtract B's mean from A's; shape (d,)."),
+    "orthonormalize": ("every row of length 1, every pair of rows orthogonal, and the same span as A's rows.",
+                       "Gram-Schmidt: for each row, subtract its components along the rows already done, then divide by its "
+                       "norm (torch.linalg.qr of Aᵀ works too: transpose Q back)."),
+    "loreft_edit": ("Φ(h) replaces the subspace coordinates R h by W h + b and leaves the rest of h alone.",
+                    "with h as a row vector, W h is h @ W.T (shape [..., r]) and Rᵀ z is z @ R (shape [..., d])."),
+    "loreft_parameters": ("count only what the optimiser updates in one edit, then all the edits.",
+                          "one edit trains R (r×d, through a raw matrix of that shape), W (r×d) and b (r): add them up and "
+                          "multiply by n_interventions."),
+    "interference": ("one entry per skill of acc_alone, positive when the mixture hurts, and 'mean'.",
+                     "for every key of acc_alone except 'mean': alone minus mixed; then 'mean', the plain average of those drops."),
+    "orthogonal_subspaces": ("all k·r rows orthonormal together, spanning what raw's rows span, subspace by subspace in order.",
+                             "stack the k bases into one [k·r, d] matrix, orthonormalise its rows in order (torch.linalg.qr of "
+                             "the transpose, then transpose back), reshape to [k, r, d]."),
+    "subspace_overlap": ("O[i, i] must be exactly 1 and O[i, j] = 0 for orthogonal subspaces.",
+                         "for every pair (i, j) take the r×r matrix Rᵢ Rⱼᵀ, its Frobenius norm, divided by √r."),
+    "gated_edit": ("each subspace's LoReFT edit, scaled by that example's gate, all added to h.",
+                   "for each subspace i: zᵢ = Wᵢh + bᵢ − Rᵢh (shape [n, r]), scale it by the gate g[:, i], map it back "
+                   "with Rᵢ (zᵢ Rᵢ, shape [n, d]) and add the k results to h. torch.einsum helps."),
+    "instruction_summary": ("only the span's tokens count, each with one vote.",
+                            "normalise every token (F.layer_norm(h, (d,))), build a [batch, seq] mask that is 1 where "
+                            "start <= t < end (torch.arange(seq) compared with spans[:, :1] and spans[:, 1:]), sum the "
+                            "normalised tokens * mask over the sequence and divide by the mask's sum."),
+    "balance_term": ("lower must be better: low when each row is sure and the batch uses every subspace; −log k at best.",
+                     "normalise each row to sum to 1; H(q) = −Σ q log q per row with 0 · log 0 = 0; return the mean of the "
+                     "rows' entropies minus the entropy of the mean row."),
+}
+
+
+def says(exercise: str, mistake: str) -> str:
+    """What the checker of ``exercise`` says about the known ``mistake`` (a key of ``MISTAKES[exercise]``)."""
+    return MISTAKES[exercise][mistake].says
+
+
 def reference(path: str) -> Callable:
     """Load a reference solution, ``"module:function"`` inside the ``solutions`` package."""
     module, name = path.split(":")
     return getattr(importlib.import_module(f"solutions.{module}"), name)
+
+
+def solutions_available() -> bool:
+    """Whether the reference answers (``solutions/``, in a clone, not in a student release) can be imported."""
+    try:
+        importlib.import_module("solutions")
+    except ImportError:
+        return False
+    return True
+
+
+def expected(path: str) -> Callable:
+    """What the checker compares with: the reference ``"module:function"`` when ``solutions/`` is importable, else the
+    library's own implementation of the same exercise (``FALLBACKS``)."""
+    return reference(path) if solutions_available() else FALLBACKS[path.split(":")[1]][0]
+
+
+def _fallback_note(path: str) -> str:
+    if solutions_available():
+        return f"Continuing with the reference solution (solutions/{path.split(':')[0]}.py)."
+    return f"Continuing with the library's own implementation ({FALLBACKS[path.split(':')[1]][1]})."
 
 
 def _shape(x: Any) -> str:
@@ -70,6 +229,8 @@ def known_mistake(got: Any, expected: torch.Tensor, mistakes: list) -> str | Non
     if not (torch.is_tensor(got) and got.shape == expected.shape):
         return None
     for wrong, message in mistakes:
+        if wrong.shape != expected.shape:
+            continue
         if not torch.allclose(wrong, expected, atol=1e-4) and torch.allclose(got, wrong, atol=1e-4):
             return message
     return None
@@ -108,53 +269,80 @@ def compare(got: Any, expected: Any, atol: float = 1e-4, rtol: float = 1e-4) -> 
 
 @dataclass
 class Outcome:
-    """What one exercise's check found: ``status`` is "solved", "partly solved" or "not solved yet" (both use
-    the reference solution), or "failed" (a wrong answer: the check raised ``ExerciseError``)."""
+    """What one exercise's check found: ``status`` is "solved", "partly solved" or "not solved yet" (both continue
+    with the reference or the library's fallback), or "failed" (a wrong answer: the check raised ``ExerciseError``);
+    ``failures`` counts the failed runs in a row (the second shows the recipe)."""
 
     name: str
     status: str
     passed: int  # checks passed before the end
     total: int
+    failures: int = 0
 
 
 OUTCOMES: dict[str, Outcome] = {}  # exercise name -> its latest check in this kernel (running a check again replaces it)
 
 
-def check_exercise(fn: Callable, solution: str, cases: Sequence[Case], hint: str, name: str | None = None,
-                   atol: float = 1e-4, properties: Callable[[Callable, Case], str | None] | None = None) -> Callable:
-    """Run ``fn`` and the reference on every case; return the function later cells should use.
+def _hint(name: str, hint: str | None) -> str:
+    """A nudge on the first failure; the recipe too once this exercise has failed before in this kernel."""
+    nudge, recipe = HINTS.get(name, (hint, None)) if hint is None else (hint, None)
+    before = OUTCOMES.get(name)
+    if recipe and before is not None and before.status == "failed":
+        return f"Hint: {nudge}\n  Recipe: {recipe}"
+    return f"Hint: {nudge}" + ("\n  (Run the check again after a change; a second failure shows the full recipe.)" if recipe else "")
 
-    ``properties(fn, case)`` may check what a value comparison cannot (e.g. orthonormality
-    of any valid basis when many answers are right); it returns a problem or None, and when
-    given, replaces the value comparison.
+
+def _fail(name: str, passed: int, total: int, message: str, hint: str | None) -> ExerciseError:
+    text = f"{message}\n  {_hint(name, hint)}"
+    before = OUTCOMES.get(name)
+    failures = before.failures + 1 if before is not None and before.status == "failed" else 1
+    OUTCOMES[name] = Outcome(name, "failed", passed, total, failures)
+    return ExerciseError(text)
+
+
+def check_exercise(fn: Callable, solution: str, cases: Sequence[Case], hint: str | None = None, name: str | None = None,
+                   atol: float = 1e-4, properties: Callable[[Callable, Case], str | None] | None = None) -> Callable:
+    """Run ``fn`` and the expected answer (``expected(solution)``) on every case; return the function later cells use.
+
+    ``properties(fn, case)`` may check what a value comparison cannot (e.g. orthonormality of any valid basis when
+    many answers are right, or a known mistake); it returns a problem or None, and when given, replaces the value
+    comparison. ``hint``: one hint for every failure; None uses ``HINTS[name]``'s two tiers.
     """
     name = name or getattr(fn, "__name__", "exercise")
-    ref = reference(solution)
-    fallback = f"Continuing with the reference solution (solutions/{solution.split(':')[0]}.py)."
+    ref = expected(solution)
     for passed, case in enumerate(cases):
         try:
-            got = fn(*case.args, **case.kwargs)
+            if properties is not None:
+                problem = properties(fn, case)
+            else:
+                problem = compare(fn(*case.args, **case.kwargs), ref(*case.args, **case.kwargs), atol=atol, rtol=atol)
         except NotImplementedError:
+            note = _fallback_note(solution)
             if passed == 0:
-                print(f"… {name}: not solved yet. {fallback}")
+                print(f"… {name}: not solved yet. {note}")
             else:  # solved for the first cases only: say so, rather than replace it silently
                 print(f"… {name}: partly solved: passed {passed} of {len(cases)} checks, then raised "
-                      f"NotImplementedError on {case.description}. {fallback}")
+                      f"NotImplementedError on {case.description}. {note}")
             OUTCOMES[name] = Outcome(name, "partly solved" if passed else "not solved yet", passed, len(cases))
             return ref
         except Exception as err:  # the learner's code crashed: show where, not the answer
-            OUTCOMES[name] = Outcome(name, "failed", passed, len(cases))
-            raise ExerciseError(f"✗ {name} raised {type(err).__name__}: {err}\n  on {case.description}.\n  Hint: {hint}") from err
-        if properties is not None:
-            problem = properties(fn, case)
-        else:
-            problem = compare(got, ref(*case.args, **case.kwargs), atol=atol, rtol=atol)
+            raise _fail(name, passed, len(cases), f"✗ {name} raised {type(err).__name__}: {err}\n  on {case.description}.", hint) from err
         if problem:
-            OUTCOMES[name] = Outcome(name, "failed", passed, len(cases))
-            raise ExerciseError(f"✗ {name} is not right yet on {case.description}:\n  {problem}.\n  Hint: {hint}")
+            raise _fail(name, passed, len(cases), f"✗ {name} is not right yet on {case.description}:\n  {problem}.", hint)
     print(f"✓ {name}: all {len(cases)} checks passed.")
     OUTCOMES[name] = Outcome(name, "solved", len(cases), len(cases))
     return fn
+
+
+def graded(name: str) -> None:
+    """An nbgrader test cell's last line: under nbgrader (``NBGRADER_EXECUTION`` set), fail unless the learner's own
+    function passed its check (an unsolved stub continues with the fallback and would pass); elsewhere, nothing."""
+    if not os.environ.get("NBGRADER_EXECUTION"):
+        return
+    outcome = OUTCOMES.get(name)
+    if outcome is None or outcome.status != "solved":
+        status = outcome.status if outcome else "not checked"
+        raise ExerciseError(f"{name}: {status}; this exercise scores only when your own function passes its check.")
 
 
 def summary() -> str:
@@ -168,11 +356,119 @@ def summary() -> str:
     partly = [f"{o.name} after {o.passed} of {o.total} checks passed" for o in done if o.status == "partly solved"]
     failed = [o.name for o in done if o.status == "failed"]
     groups = [f"{label}: {', '.join(names)}" for label, names in (("not solved yet", not_yet), ("partly solved", partly)) if names]
+    used = "the reference solution" if solutions_available() else "the library's implementation"
     line = f"Exercises: {len(solved)} of {len(done)} solved by you; "
-    line += f"{len(not_yet) + len(partly)} used the reference solution ({'; '.join(groups)})" if groups else "none used the reference solution"
+    line += f"{len(not_yet) + len(partly)} used {used} ({'; '.join(groups)})" if groups else f"none used {used}"
     if failed:
         line += f"; {len(failed)} still {'fails its check' if len(failed) == 1 else 'fail their checks'} ({', '.join(failed)})"
     return line + "."
+
+
+# ---- what an unsolved exercise continues with when solutions/ is not there (a student release) ---------------------
+# The library's own implementation where it has one; the few it has no function for are written here. A test keeps
+# each equal to the reference answer on the checkers' cases and on the notebooks' inputs.
+
+
+def _record_with_library(model, layer: int, input_ids: torch.Tensor) -> torch.Tensor:
+    from .residual import record
+
+    with record(model, [layer]) as states, torch.no_grad():
+        model(input_ids=input_ids)
+    return states[layer]
+
+
+def _steer_here(h: torch.Tensor, vector: torch.Tensor, scale: float, positions: slice | None = None) -> torch.Tensor:
+    out = h.clone()
+    out[:, slice(None) if positions is None else positions] += scale * vector
+    return out
+
+
+def _mean_difference_here(states_a: torch.Tensor, states_b: torch.Tensor) -> torch.Tensor:
+    return states_a.mean(0) - states_b.mean(0)
+
+
+def _orthonormalize_with_library(A: torch.Tensor) -> torch.Tensor:
+    from .interventions import orthonormal_rows
+
+    return orthonormal_rows(A).to(A.dtype)
+
+
+def _loreft_edit_with_library(h: torch.Tensor, R: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    from .interventions import LoReFT
+
+    edit = LoReFT(R.shape[1], R.shape[0])
+    with torch.no_grad():
+        for param, value in ((edit.R_raw, R), (edit.W, W), (edit.b, b)):  # R's rows are orthonormal: R_raw = R keeps R
+            param.copy_(value)
+        return edit(h)
+
+
+def _loreft_parameters_with_library(d_model: int, rank: int, n_interventions: int) -> int:
+    from .interventions import LoReFT
+
+    return n_interventions * sum(p.numel() for p in LoReFT(d_model, rank).parameters())
+
+
+def _interference_here(acc_alone: dict, acc_mixed: dict) -> dict:
+    skills = [s for s in acc_alone if s != "mean"]
+    drops = dict(zip(skills, (acc_alone[s] - acc_mixed[s] for s in skills)))
+    drops["mean"] = sum(drops.values()) / len(skills)
+    return drops
+
+
+def _orthogonal_subspaces_with_library(raw: torch.Tensor) -> torch.Tensor:
+    from .interventions import orthonormal_rows
+
+    return orthonormal_rows(raw.flatten(0, 1)).reshape(raw.shape).to(raw.dtype)
+
+
+def _subspace_overlap_here(R: torch.Tensor) -> torch.Tensor:
+    k, r, _ = R.shape
+    rows = R.flatten(0, 1)  # [k·r, d]
+    cosines = (rows @ rows.T).reshape(k, r, k, r)  # [i, ·, j, ·]: Rᵢ Rⱼᵀ
+    return torch.linalg.matrix_norm(cosines.permute(0, 2, 1, 3)) / r**0.5
+
+
+def _gated_edit_with_library(h: torch.Tensor, R: torch.Tensor, W: torch.Tensor, b: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    from .interventions import CSReFT
+
+    k, r, d = R.shape
+    edit = CSReFT(d, rank=r, n_subspaces=k)
+    with torch.no_grad():
+        for i in range(k):  # the stacked rows are orthonormal: R_raw = R keeps R
+            for param, value in zip(edit.subspace(i), (R[i], W[i], b[i])):
+                param.copy_(value)
+        return edit(h, gates=g)
+
+
+def _instruction_summary_with_library(h: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+    from .hooks import span_mask
+    from .routing import instruction_summary
+
+    return instruction_summary(h, span_mask(torch.ones(h.shape[:2], dtype=torch.long), spans)).to(h.dtype)
+
+
+def _balance_term_with_library(probs: torch.Tensor) -> torch.Tensor:
+    from .routing import balance_loss
+
+    return balance_loss(probs)
+
+
+# Exercise -> (the function an unsolved exercise continues with without solutions/, where it comes from).
+FALLBACKS: dict[str, tuple[Callable, str]] = {
+    "record_hidden": (_record_with_library, "csreft_lite.residual.record"),
+    "steer": (_steer_here, "csreft_lite.checks; residual.add_vector does the same inside a model"),
+    "difference_of_means": (_mean_difference_here, "csreft_lite.checks"),
+    "orthonormalize": (_orthonormalize_with_library, "csreft_lite.orthonormal_rows"),
+    "loreft_edit": (_loreft_edit_with_library, "csreft_lite.LoReFT"),
+    "loreft_parameters": (_loreft_parameters_with_library, "csreft_lite.LoReFT's parameters"),
+    "interference": (_interference_here, "csreft_lite.checks"),
+    "orthogonal_subspaces": (_orthogonal_subspaces_with_library, "csreft_lite.orthonormal_rows on the stacked rows"),
+    "subspace_overlap": (_subspace_overlap_here, "csreft_lite.checks"),
+    "gated_edit": (_gated_edit_with_library, "csreft_lite.CSReFT"),
+    "instruction_summary": (_instruction_summary_with_library, "csreft_lite.routing.instruction_summary"),
+    "balance_term": (_balance_term_with_library, "csreft_lite.balance_loss"),
+}
 
 
 # ---- notebook 03: multiple subspaces -----------------------------------------------------------
@@ -191,25 +487,53 @@ def _compare_dicts(got: Any, expected: dict, atol: float = 1e-6) -> str | None:
     return None
 
 
+def _scores(**accuracy: float) -> dict:
+    """Accuracies as ``tasks.score`` returns them: one per skill, then ``"mean"``, their exact mean."""
+    return {**accuracy, "mean": sum(accuracy.values()) / len(accuracy)}
+
+
 def check_interference(fn: Callable) -> Callable:
     """Exercise (nb 03): per-skill accuracy drop from "trained alone" to "trained on the mixture"."""
+    solution = "nb03_subspaces:interference"
     cases = [
-        Case(({"a": 0.9, "b": 0.8, "mean": 0.85}, {"a": 0.5, "b": 0.8, "mean": 0.65}), "two skills, one hurt by the mixture"),
-        Case(({"a": 0.5, "b": 0.25, "c": 1.0, "mean": 0.5833}, {"a": 0.75, "b": 0.0, "c": 0.5, "mean": 0.4167}),
+        Case((_scores(a=0.9, b=0.8), _scores(a=0.5, b=0.8)), "two skills, one hurt by the mixture"),
+        Case((_scores(a=0.5, b=0.25, c=1.0), _scores(a=0.75, b=0.0, c=0.5)),
              "three skills, one of them better in the mixture (a negative drop)"),
-        Case(({"x": 0.6}, {"x": 0.6, "y": 0.1}), "acc_mixed with an extra skill and no 'mean' key"),
+        Case((_scores(x=0.6, y=0.35), _scores(y=0.1, x=0.6)), "acc_mixed lists the skills in another order"),
     ]
 
-    def properties(f, case):
-        return _compare_dicts(f(*case.args), reference("nb03_subspaces:interference")(*case.args))
+    def properties(f: Callable, case: Case) -> str | None:
+        alone, mixed = case.args
+        got, want = f(dict(alone), dict(mixed)), expected(solution)(alone, mixed)
+        if isinstance(got, dict) and set(got) == set(want):
+            skills = [s for s in alone if s != "mean"]
+            if all(abs(got[s] + want[s]) < 1e-6 for s in skills) and any(want[s] for s in skills):
+                return says("interference", "sign")
+            if all(abs(got[s] - want[s] / alone[s]) < 1e-6 for s in skills if alone[s]) and any(
+                    abs(want[s] / alone[s] - want[s]) > 1e-6 for s in skills if alone[s]):
+                return says("interference", "relative")
+        return _compare_dicts(got, want)
 
-    hint = ("one entry per skill of acc_alone (skip the key 'mean'): alone minus mixed, so positive means "
-            "the mixture hurts; then 'mean', the plain average of those drops.")
-    return check_exercise(fn, "nb03_subspaces:interference", cases, hint, properties=properties)
+    return check_exercise(fn, solution, cases, name="interference", properties=properties)
+
+
+def _span_problem(raw: torch.Tensor, R: torch.Tensor) -> str | None:
+    """Whether subspaces 0..i of ``R`` span what the rows of raw[0..i] span, for every i (Gram-Schmidt order)."""
+    k, r, d = raw.shape
+    rows, flat = raw.double().reshape(k * r, d), R.double().reshape(k * r, d)
+    outside = (rows - rows @ flat.T @ flat).norm().item() / rows.norm().item()
+    if outside > 1e-4:
+        return says("orthogonal_subspaces", "not_from_raw") + f": {outside:.2%} of raw lies outside them"
+    for i in range(k - 1):
+        first = rows[: (i + 1) * r]
+        basis = flat[: (i + 1) * r]
+        if (first - first @ basis.T @ basis).norm().item() > 1e-4 * first.norm().item():
+            return says("orthogonal_subspaces", "order") + f" (here subspaces 0..{i} do not span raw[0..{i}])"
+    return None
 
 
 def check_orthogonal_subspaces(fn: Callable) -> Callable:
-    """Exercise (nb 03): k bases whose k·r rows are orthonormal together (any such bases pass)."""
+    """Exercise (nb 03): k bases whose k·r rows are orthonormal together and built from raw in order (any such pass)."""
     gen = torch.Generator().manual_seed(3)
     near = torch.randn(1, 2, 16, generator=gen).repeat(3, 1, 1) + 0.1 * torch.randn(3, 2, 16, generator=gen)
     cases = [
@@ -218,12 +542,13 @@ def check_orthogonal_subspaces(fn: Callable) -> Callable:
         Case((torch.randn(4, 1, 4, generator=gen),), "raw of shape (4, 1, 4): k·r = d, the whole space"),
     ]
 
-    def properties(f, case):
+    def properties(f: Callable, case: Case) -> str | None:
         raw = case.args[0]
         R = f(raw.clone())
         k, r, d = raw.shape
         if not torch.is_tensor(R) or R.shape != raw.shape:
-            return f"expected a torch.Tensor of shape {tuple(raw.shape)}, got {_kind(R)}"
+            transposed = " (QR's Q is [d, k·r]: transpose it back)" if torch.is_tensor(R) and R.shape == (d, k * r) else ""
+            return f"expected a torch.Tensor of shape {tuple(raw.shape)}, got {_kind(R)}{transposed}"
         flat = R.double().reshape(k * r, d)
         gram = flat @ flat.T  # [k·r, k·r]: block (i, j) is Rᵢ Rⱼᵀ
         for i in range(k):
@@ -235,25 +560,19 @@ def check_orthogonal_subspaces(fn: Callable) -> Callable:
             for j in range(i + 1, k):
                 err = gram[i * r:(i + 1) * r, j * r:(j + 1) * r].abs().max().item()
                 if err > 1e-4:
-                    return f"subspaces {i} and {j} are not orthogonal to each other: max |Rᵢ Rⱼᵀ| = {err:.3g}"
-        rows = raw.double().reshape(k * r, d)
-        outside = (rows - rows @ flat.T @ flat).norm().item() / rows.norm().item()
-        if outside > 1e-4:
-            return (f"the bases are orthonormal but do not span the rows of raw: {outside:.2%} of raw lies "
-                    f"outside them (build them from raw, not from scratch)")
-        return None
+                    return says("orthogonal_subspaces", "each_alone") + f" (subspaces {i} and {j}: max |Rᵢ Rⱼᵀ| = {err:.3g})"
+        return _span_problem(raw, R)
 
-    hint = ("stack the k bases into one [k·r, d] matrix and orthonormalise its rows all together "
-            "(torch.linalg.qr of the transpose), then reshape back to [k, r, d].")
-    return check_exercise(fn, "nb03_subspaces:orthogonal_subspaces", cases, hint, properties=properties)
+    return check_exercise(fn, "nb03_subspaces:orthogonal_subspaces", cases, name="orthogonal_subspaces", properties=properties)
 
 
 def check_subspace_overlap(fn: Callable) -> Callable:
     """Exercise (nb 03): the [k, k] matrix of overlaps ‖Rᵢ Rⱼᵀ‖_F / √r."""
+    solution = "nb03_subspaces:subspace_overlap"
     gen = torch.Generator().manual_seed(4)
 
     def bases(k, r, d):
-        from csreft_lite.interventions import orthonormal_rows
+        from .interventions import orthonormal_rows
 
         return torch.stack([orthonormal_rows(torch.randn(r, d, generator=gen)) for _ in range(k)])
 
@@ -264,9 +583,17 @@ def check_subspace_overlap(fn: Callable) -> Callable:
         Case((torch.eye(4).reshape(2, 2, 4),), "2 mutually orthogonal bases of rank 2 in d=4"),
         Case((bases(2, 1, 5),), "2 bases of rank 1 in d=5"),
     ]
-    hint = ("for every pair (i, j) take the r×r matrix Rᵢ Rⱼᵀ, its Frobenius norm, divided by √r, "
-            "so a subspace overlaps itself by exactly 1.")
-    return check_exercise(fn, "nb03_subspaces:subspace_overlap", cases, hint)
+
+    def properties(f: Callable, case: Case) -> str | None:
+        R = case.args[0]
+        got, want = f(R.clone()), expected(solution)(R)
+        r = R.shape[1]
+        mistakes = [(want * r**0.5, says("subspace_overlap", "not_normalised")),
+                    (want / r**0.5, says("subspace_overlap", "divided_by_r")),
+                    (want.pow(2), says("subspace_overlap", "squared"))]
+        return known_mistake(got, want, mistakes) or compare(got, want)
+
+    return check_exercise(fn, solution, cases, name="subspace_overlap", properties=properties)
 
 
 # ---- notebook 04: the router -------------------------------------------------------------------
@@ -274,8 +601,9 @@ def check_subspace_overlap(fn: Callable) -> Callable:
 
 def check_gated_edit(fn: Callable) -> Callable:
     """Exercise (nb 04): CS-ReFT's gated sum of k LoReFT edits."""
-    from csreft_lite.interventions import orthonormal_rows
+    from .interventions import orthonormal_rows
 
+    solution = "nb04_router:gated_edit"
     gen = torch.Generator().manual_seed(5)
 
     def params(n, k, r, d):
@@ -290,13 +618,22 @@ def check_gated_edit(fn: Callable) -> Callable:
              "the same states, a different gate pattern per example"),
         Case((*params(2, 2, 3, 10), torch.rand(2, 2, generator=gen)), "n=2, k=2, rank 3, d=10, random gates in [0, 1]"),
     ]
-    hint = ("for each subspace i: zᵢ = Wᵢh + bᵢ − Rᵢh (shape [n, r]), scale it by that example's gate gᵢ, "
-            "map it back with Rᵢ (zᵢ Rᵢ, shape [n, d]) and add the k results to h. torch.einsum helps.")
-    return check_exercise(fn, "nb04_router:gated_edit", cases, hint)
+
+    def properties(f: Callable, case: Case) -> str | None:
+        h_, R_, W_, b_, g_ = case.args
+        got, ref = f(*(x.clone() for x in case.args)), expected(solution)
+        want = ref(*case.args)
+        mistakes = [(ref(h_, R_, W_ + R_, b_, g_), says("gated_edit", "no_subtract")),
+                    (want - h_, says("gated_edit", "change_only")),
+                    (ref(h_, R_, W_, b_, torch.ones_like(g_)), says("gated_edit", "gates_ignored"))]
+        return known_mistake(got, want, mistakes) or compare(got, want)
+
+    return check_exercise(fn, solution, cases, name="gated_edit", properties=properties)
 
 
 def check_instruction_summary(fn: Callable) -> Callable:
     """Exercise (nb 04): the mean hidden state over each example's instruction tokens."""
+    solution = "nb04_router:instruction_summary"
     gen = torch.Generator().manual_seed(6)
     h = torch.randn(3, 9, 8, generator=gen)
     sinks = h.clone()
@@ -312,10 +649,28 @@ def check_instruction_summary(fn: Callable) -> Callable:
         Case((massive, torch.tensor([[2, 6], [1, 5], [3, 8]])),
              "one token 50 times longer than the others inside every span (it must get one vote, not decide alone)"),
     ]
-    hint = ("normalise every token first (F.layer_norm(h, (d,)), no learned scale), then build a [batch, seq] mask "
-            "that is 1 where start <= t < end (torch.arange(seq) compared with spans[:, :1] and spans[:, 1:]), "
-            "sum the normalised tokens * mask over the sequence and divide by the mask's sum.")
-    return check_exercise(fn, "nb04_router:instruction_summary", cases, hint, atol=1e-4)
+
+    def properties(f: Callable, case: Case) -> str | None:
+        h_, spans = case.args
+        got, ref = f(h_.clone(), spans.clone()), expected(solution)
+        want = ref(h_, spans)
+        d = h_.shape[-1]
+        wider = torch.stack([spans[:, 0], (spans[:, 1] + 1).clamp(max=h_.shape[1])], 1)
+        every = torch.tensor([[0, h_.shape[1]]] * len(h_))
+        mistakes = [(ref(h_, every), says("instruction_summary", "every_token")),
+                    (ref(h_, wider), says("instruction_summary", "end_inclusive")),
+                    (_span_mean(h_, spans), says("instruction_summary", "no_layer_norm")),
+                    (F.layer_norm(_span_mean(h_, spans), (d,)), says("instruction_summary", "norm_after_mean"))]
+        return known_mistake(got, want, mistakes) or compare(got, want)
+
+    return check_exercise(fn, solution, cases, name="instruction_summary", properties=properties)
+
+
+def _span_mean(h: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+    """The plain mean of each example's span of raw hidden states (a known wrong answer)."""
+    t = torch.arange(h.shape[1])
+    m = ((t >= spans[:, :1]) & (t < spans[:, 1:])).to(h.dtype).unsqueeze(-1)
+    return (h * m).sum(1) / m.sum(1)
 
 
 def check_balance_term(fn: Callable) -> Callable:
@@ -331,17 +686,24 @@ def check_balance_term(fn: Callable) -> Callable:
 
     def properties(f: Callable, case: Case) -> str | None:
         probs = case.args[0]
-        got = f(probs.clone())
+        got, ref = f(probs.clone()), expected(solution)
         if torch.is_tensor(got) and got.numel() == 1 and torch.isnan(got).item() and (probs == 0).any():
-            return ("your answer is nan, and this case has probabilities that are exactly 0: 0 · log 0 is "
-                    "0 · (−inf) = nan in floating point, while the entropy counts it as 0 (its limit as q → 0). "
-                    "Keep the log away from 0 (clamp q to a tiny minimum first) or drop the zero terms")
-        return compare(got, reference(solution)(*case.args), atol=1e-5, rtol=1e-5)
+            return says("balance_term", "log_of_zero")
+        want = ref(probs)
+        mistakes = [(-want, says("balance_term", "sign")),
+                    (_entropy_gap(probs), says("balance_term", "unnormalised")),
+                    (want / torch.log(torch.tensor(2.0)), says("balance_term", "log2"))]
+        return known_mistake(got, want, mistakes) or compare(got, want, atol=1e-5, rtol=1e-5)
 
-    hint = ("normalise each row to sum to 1 first (sigmoid gates do not); H(q) = −Σ q log q per row, with "
-            "0 · log 0 = 0; return the mean of the rows' entropies minus the entropy of the mean row "
-            "(that order: lower is better).")
-    return check_exercise(fn, solution, cases, hint, properties=properties)
+    return check_exercise(fn, solution, cases, name="balance_term", properties=properties)
+
+
+def _entropy_gap(p: torch.Tensor) -> torch.Tensor:
+    """mean H(rows) − H(mean row) of ``p`` as given, rows not normalised (a known wrong answer)."""
+    def entropy(x: torch.Tensor) -> torch.Tensor:
+        return -(x * x.clamp_min(1e-12).log()).sum(-1)
+
+    return entropy(p).mean() - entropy(p.mean(0))
 
 
 # ---------------------------------------------------------------- notebook 01: hidden-state interventions
@@ -354,7 +716,10 @@ def _nb01_tiny_llama(seed: int = 0, layers: int = 3):
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return LlamaForCausalLM(config).eval()
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # transformers 5 attaches its own hooks on the first output_hidden_states call: not the learner's
+        model(input_ids=torch.zeros(1, 2, dtype=torch.long), output_hidden_states=True)
+    return model
 
 
 def _hook_count(model) -> int:
@@ -379,25 +744,20 @@ def check_record_hidden(fn: Callable) -> Callable:
         before = _hook_count(m)
         got = f(m, layer, ids)
         if _hook_count(m) != before:
-            return f"{_hook_count(m) - before} hook(s) are still attached after your function returned; remove them (handle.remove())"
-        expected = reference(solution)(m, layer, ids)
-        if torch.is_tensor(got) and got.shape == expected.shape:
-            from .models import decoder_layers
-
-            inputs = {}
-            handle = decoder_layers(m)[layer].register_forward_pre_hook(lambda mod, args: inputs.setdefault("h", args[0]))
-            with torch.no_grad():
-                m(input_ids=ids)
-            handle.remove()
-            if torch.allclose(got, inputs["h"], atol=1e-5):
-                return "you returned the layer's input (args[0]); record its output instead"
+            return says("record_hidden", "hook_left") + f" ({_hook_count(m) - before} left)"
+        want = expected(solution)(m, layer, ids)
+        with torch.no_grad():
+            states = m(input_ids=ids, output_hidden_states=True).hidden_states  # [embeddings, after layer 0, ..., final norm]
+        mistakes = [(states[layer], says("record_hidden", "layer_input")),
+                    (states[layer + 1], says("record_hidden", "after_final_norm"))]
+        named = known_mistake(got.detach() if torch.is_tensor(got) else got, want, mistakes)
+        if named:
+            return named
         if torch.is_tensor(got) and got.requires_grad:
-            return "the recorded tensor still requires grad; store output.detach() (or run under torch.no_grad())"
-        return compare(got, expected)
+            return says("record_hidden", "requires_grad")
+        return compare(got, want)
 
-    return check_exercise(fn, solution, cases, name="record_hidden", properties=properties,
-                          hint="register a forward hook on decoder_layers(model)[layer]; the hidden states are "
-                               "hidden_of(output); remove the hook when done.")
+    return check_exercise(fn, solution, cases, name="record_hidden", properties=properties)
 
 
 def check_steer(fn: Callable) -> Callable:
@@ -415,15 +775,15 @@ def check_steer(fn: Callable) -> Callable:
         h_in = case.args[0].clone()
         got = f(h_in, *case.args[1:])
         if not torch.equal(h_in, case.args[0]):
-            return "your function changed its input h in place; return a new tensor (h.clone() first, or h + ...)"
-        expected, vector, scale = reference(solution)(*case.args), case.args[1], case.args[2]
+            return says("steer", "in_place")
+        ref = expected(solution)
+        want, vector, scale = ref(*case.args), case.args[1], case.args[2]
         positions = case.args[3] if len(case.args) > 3 else None
-        mistakes = [(reference(solution)(h_in, vector, -scale, positions), "the vector moved h the wrong way (check the sign of the scale)"),
-                    (reference(solution)(h_in, vector, scale), "you added the vector at every position; add it only at h[:, positions]")]
-        return known_mistake(got, expected, mistakes) or compare(got, expected)
+        mistakes = [(ref(h_in, vector, -scale, positions), says("steer", "sign")),
+                    (ref(h_in, vector, scale), says("steer", "every_position"))]
+        return known_mistake(got, want, mistakes) or compare(got, want)
 
-    return check_exercise(fn, solution, cases, name="steer", properties=properties,
-                          hint="h + scale * vector broadcasts over batch and positions; for a slice, copy h and add at h[:, positions].")
+    return check_exercise(fn, solution, cases, name="steer", properties=properties)
 
 
 def check_difference_of_means(fn: Callable) -> Callable:
@@ -436,14 +796,13 @@ def check_difference_of_means(fn: Callable) -> Callable:
     ]
 
     def properties(f: Callable, case: Case) -> str | None:
-        got = f(*case.args)
-        expected = reference(solution)(*case.args)
-        if torch.is_tensor(got) and got.shape == expected.shape and torch.allclose(got, -expected, atol=1e-5):
-            return "your vector points the wrong way (it should point from set B towards set A)"
-        return compare(got, expected)
+        a, b = case.args
+        got, want = f(a.clone(), b.clone()), expected(solution)(a, b)
+        if torch.is_tensor(got) and got.shape != want.shape and got.shape in ((len(a),), (len(b),)):
+            return says("difference_of_means", "feature_mean") + f" (got shape {tuple(got.shape)})"
+        return known_mistake(got, want, [(-want, says("difference_of_means", "reversed"))]) or compare(got, want)
 
-    return check_exercise(fn, solution, cases, name="difference_of_means", properties=properties,
-                          hint="average each set over its examples (dimension 0), then subtract; the result has shape (d,).")
+    return check_exercise(fn, solution, cases, name="difference_of_means", properties=properties)
 
 
 # ---------------------------------------------------------------- notebook 02: orthonormal LoReFT
@@ -467,35 +826,34 @@ def check_orthonormalize(fn: Callable) -> Callable:
         if not torch.is_tensor(R):
             return f"expected a torch.Tensor of shape {tuple(A.shape)}, got {_kind(R)}"
         if R.shape != A.shape:
-            hint = " (a transpose too many or too few)" if R.shape == A.T.shape else ""
+            hint = f" ({says('orthonormalize', 'transposed')})" if R.shape == A.T.shape else ""
             return f"expected shape {tuple(A.shape)} (one orthonormal row per row of A), got {tuple(R.shape)}{hint}"
         R, A = R.double(), A.double()
         gram = R @ R.T
         norms = gram.diagonal()
         if not torch.allclose(norms, torch.ones_like(norms), atol=1e-4):
-            return f"the rows do not have length 1 (their lengths are {[round(x, 3) for x in norms.sqrt().tolist()]})"
+            return f"{says('orthonormalize', 'not_unit')} (their lengths are {[round(x, 3) for x in norms.sqrt().tolist()]})"
         off = (gram - torch.eye(len(R), dtype=R.dtype)).abs().max().item()
         if off > 1e-4:
-            return f"the rows are not orthogonal: R Rᵀ differs from the identity by up to {off:.3g}"
+            return f"{says('orthonormalize', 'not_orthogonal')}: R Rᵀ differs from the identity by up to {off:.3g}"
         P_R = R.T @ R  # projection onto the span of R's rows
         P_A = A.T @ torch.linalg.solve(A @ A.T, A)  # projection onto the span of A's rows
         gap = (P_R - P_A).abs().max().item()
         if gap > 1e-4:
-            return f"R has orthonormal rows but spans another subspace than the rows of A (projections differ by up to {gap:.3g})"
+            return f"{says('orthonormalize', 'other_span')} (projections differ by up to {gap:.3g})"
         return None
 
-    return check_exercise(fn, "nb02_loreft:orthonormalize", cases, name="orthonormalize", properties=properties,
-                          hint="Gram-Schmidt: for each row, subtract its components along the rows already done, "
-                               "then divide by its norm (torch.linalg.qr of Aᵀ works too).")
+    return check_exercise(fn, "nb02_loreft:orthonormalize", cases, name="orthonormalize", properties=properties)
 
 
 def check_loreft_edit(fn: Callable) -> Callable:
     """Exercise ``loreft_edit(h, R, W, b) -> Φ(h)`` (notebook 02)."""
+    from .interventions import orthonormal_rows
+
     solution = "nb02_loreft:loreft_edit"
-    ortho = reference("nb02_loreft:orthonormalize")
     gen = torch.Generator().manual_seed(5)
     d, r = 8, 2
-    R = ortho(torch.randn(r, d, generator=gen))
+    R = orthonormal_rows(torch.randn(r, d, generator=gen))
     W, b = torch.randn(r, d, generator=gen), torch.randn(r, generator=gen)
     cases = [
         Case((torch.randn(d, generator=gen), R, W, b), "a single h of shape (8,), rank 2"),
@@ -505,14 +863,12 @@ def check_loreft_edit(fn: Callable) -> Callable:
 
     def properties(f: Callable, case: Case) -> str | None:
         h, R_, W_, b_ = case.args
-        got, expected = f(h.clone(), R_, W_, b_), reference(solution)(h, R_, W_, b_)
-        mistakes = [(h + (h @ W_.T + b_) @ R_, "you added Rᵀ(W h + b) without subtracting R h: that adds to the subspace "
-                                                "coordinates instead of replacing them"),
-                    (expected - h, "you returned only the change Rᵀ(W h + b − R h); Φ(h) is h plus that change")]
-        return known_mistake(got, expected, mistakes) or compare(got, expected)
+        got, want = f(h.clone(), R_, W_, b_), expected(solution)(h, R_, W_, b_)
+        mistakes = [(h + (h @ W_.T + b_) @ R_, says("loreft_edit", "no_subtract")),
+                    (want - h, says("loreft_edit", "change_only"))]
+        return known_mistake(got, want, mistakes) or compare(got, want)
 
-    return check_exercise(fn, solution, cases, name="loreft_edit", properties=properties,
-                          hint="with h as a row vector, W h is h @ W.T (shape [..., r]) and Rᵀ z is z @ R (shape [..., d]).")
+    return check_exercise(fn, solution, cases, name="loreft_edit", properties=properties)
 
 
 def check_loreft_parameters(fn: Callable) -> Callable:
@@ -527,26 +883,22 @@ def check_loreft_parameters(fn: Callable) -> Callable:
     def properties(f: Callable, case: Case) -> str | None:
         got = f(*case.args)
         d, r, n = case.args
-        expected = reference(solution)(*case.args)
+        want = expected(solution)(*case.args)
         if not isinstance(got, int) and not (torch.is_tensor(got) and got.numel() == 1):
             return f"expected an int, got {_kind(got)}"
         got = int(got)
-        if got == expected:
+        if got == want:
             return None
-        diff = got - expected
-        known = {n * r: "one r too many per intervention (the bias b counted twice)",
-                 -n * r: "the bias b (r numbers per intervention) seems missing",
-                 -n * r * d: "one r×d matrix per intervention seems missing: LoReFT trains both R and W",
-                 n * r * d: "one r×d matrix too many per intervention: LoReFT trains R and W, two of them"}
+        diff = got - want
+        known = {n * r: "bias_twice", -n * r: "no_bias", -n * r * d: "one_matrix", n * r * d: "extra_matrix"}
         if diff in known:
-            return f"your count is {'too large' if diff > 0 else 'too small'}: {known[diff]}"
-        if n > 1 and got * n == expected:
-            return "your count is too small: it looks like one intervention, not n_interventions"
+            return f"your count is {'too large' if diff > 0 else 'too small'}: {says('loreft_parameters', known[diff])}"
+        if n > 1 and got * n == want:
+            return f"your count is too small: {says('loreft_parameters', 'one_intervention')}"
         return f"your count is {'too large' if diff > 0 else 'too small'}"
 
-    return check_exercise(fn, solution, cases, name="loreft_parameters", properties=properties,
-                          hint="list the trainable tensors of one LoReFT edit with their shapes, add up their sizes, "
-                               "then multiply by the number of interventions.")
+    return check_exercise(fn, solution, cases, name="loreft_parameters", properties=properties)
+
 
 
 # ---------------------------------------------------------------- results that move with the seed (issue 28)
@@ -645,14 +997,8 @@ HARD_HINTS: dict[str, tuple[str, str]] = {
                     "I = Σ p(s, c) log(p(s, c) / (p(s) p(c))) over the pairs seen; H from the counts of each list; return "
                     "I / ((H(S) + H(C)) / 2), or 0 when an entropy is 0."),
 }
-if "FALLBACKS" in globals():  # issue 28's grading part: the tables a student release and the tiered hints read
-    FALLBACKS.update(HARD_FALLBACKS)
-    HINTS.update(HARD_HINTS)
-
-
-def _hard_hint(name: str) -> str | None:
-    """None where check_exercise gives HINTS' two tiers itself; else the nudge."""
-    return None if "HINTS" in globals() else HARD_HINTS[name][0]
+FALLBACKS.update(HARD_FALLBACKS)  # what a student release falls back to, and the two tiers of hints, as for the others
+HINTS.update(HARD_HINTS)
 
 
 def check_logit_lens(fn: Callable) -> Callable:
@@ -677,8 +1023,7 @@ def check_logit_lens(fn: Callable) -> Callable:
                     (m.lm_head(torch.nn.functional.layer_norm(h, h.shape[-1:])), _says("logit_lens", "plain_layer_norm"))]
         return known_mistake(got, expected, mistakes) or compare(got, expected)
 
-    return check_exercise(fn, "nb01_interventions:logit_lens", cases, name="logit_lens", properties=properties,
-                          hint=_hard_hint("logit_lens"))
+    return check_exercise(fn, "nb01_interventions:logit_lens", cases, name="logit_lens", properties=properties)
 
 
 def _last_layer_output(model, ids: torch.Tensor) -> torch.Tensor:
@@ -742,8 +1087,7 @@ def check_sequential_as_one(fn: Callable) -> Callable:
         problem = known_mistake(one, expected, mistakes) or compare(one, expected)
         return problem and f"your (R, W, b), applied to 6 random states, is not edit 1 then edit 2: {problem}"
 
-    return check_exercise(fn, "nb02_loreft:sequential_as_one", cases, name="sequential_as_one", properties=properties,
-                          hint=_hard_hint("sequential_as_one"))
+    return check_exercise(fn, "nb02_loreft:sequential_as_one", cases, name="sequential_as_one", properties=properties)
 
 
 def check_principal_cosines(fn: Callable) -> Callable:
@@ -773,8 +1117,7 @@ def check_principal_cosines(fn: Callable) -> Callable:
             problem = _says("principal_cosines", "unsorted")
         return problem or compare(got, expected)
 
-    return check_exercise(fn, "nb03_subspaces:principal_cosines", cases, name="principal_cosines", properties=properties,
-                          hint=_hard_hint("principal_cosines"))
+    return check_exercise(fn, "nb03_subspaces:principal_cosines", cases, name="principal_cosines", properties=properties)
 
 
 def check_routing_nmi(fn: Callable) -> Callable:
@@ -810,5 +1153,4 @@ def check_routing_nmi(fn: Callable) -> Callable:
                     return _says("routing_nmi", "purity")
         return compare(got, expected, atol=1e-4, rtol=0)
 
-    return check_exercise(fn, "nb04_router:routing_nmi", cases, name="routing_nmi", properties=properties,
-                          hint=_hard_hint("routing_nmi"))
+    return check_exercise(fn, "nb04_router:routing_nmi", cases, name="routing_nmi", properties=properties)

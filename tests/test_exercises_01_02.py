@@ -14,6 +14,13 @@ from solutions import nb02_loreft as s02
 
 from .notebook_stubs import assert_stubs_match
 
+
+@pytest.fixture(autouse=True)
+def _fresh_kernel():
+    checks.OUTCOMES.clear()  # each test starts as a fresh notebook kernel (the hints' tier counts failures)
+    yield
+    checks.OUTCOMES.clear()
+
 NOTEBOOKS = {
     "01_hidden_state_interventions.ipynb": (s01, ["record_hidden", "difference_of_means", "steer"]),
     "02_orthonormal_loreft.ipynb": (s02, ["orthonormalize", "loreft_edit", "loreft_parameters"]),
@@ -37,6 +44,12 @@ def _record_input(model, layer, input_ids):
     return store["h"]
 
 
+def _record_through_hidden_states(model, layer, input_ids):
+    """The common shortcut: right on every layer but the last, whose entry comes after the final norm."""
+    with torch.no_grad():
+        return model(input_ids=input_ids, output_hidden_states=True).hidden_states[layer + 1]
+
+
 def _steer_in_place(h, vector, scale, positions=None):
     h[:, slice(None) if positions is None else positions] += scale * vector
     return h
@@ -48,7 +61,7 @@ def _gram_schmidt_without_orthogonalising(A):
 
 # checker name -> (reference, wrong answers that must fail)
 CASES = {
-    "record_hidden": (s01.record_hidden, [_record_without_remove, _record_input]),
+    "record_hidden": (s01.record_hidden, [_record_without_remove, _record_input, _record_through_hidden_states]),
     "steer": (s01.steer, [
         lambda h, v, s, positions=None: s01.steer(h, v, -s, positions),  # subtracts
         lambda h, v, s, positions=None: h + s * v,  # ignores positions
@@ -122,3 +135,10 @@ def test_wrong_answer_messages_do_not_print_the_expected_count():
 def test_notebook_stubs_match_solutions(notebook):
     module, names = NOTEBOOKS[notebook]
     assert_stubs_match(notebook, module, names)
+
+
+def test_record_hidden_through_hidden_states_is_told_about_the_final_norm(capsys):
+    """hidden_states[layer + 1] passes layers 0 and 1; on the last layer the message must say why it fails."""
+    with pytest.raises(checks.ExerciseError) as err:
+        checks.check_record_hidden(_record_through_hidden_states)
+    assert "its last layer (2)" in str(err.value) and "final norm" in str(err.value)

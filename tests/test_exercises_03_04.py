@@ -12,6 +12,12 @@ from solutions import nb04_router as nb04
 from .notebook_stubs import assert_stubs_match
 
 
+@pytest.fixture(autouse=True)
+def _fresh_kernel():
+    checks.OUTCOMES.clear()  # each test starts as a fresh notebook kernel (the hints' tier counts failures)
+    yield
+    checks.OUTCOMES.clear()
+
 
 # Plausible mistakes, one per exercise (the kind a learner makes first).
 def _drop_wrong_sign(acc_alone, acc_mixed):
@@ -63,16 +69,50 @@ def _balance_with_log_of_zero(probs):
     return entropy(q).mean() - entropy(q.mean(0))
 
 
+def _balance_in_bits(probs):
+    return nb04.balance_term(probs) / torch.log(torch.tensor(2.0))
+
+
+def _summary_with_the_end_token(h, spans):
+    return nb04.instruction_summary(h, torch.stack([spans[:, 0], (spans[:, 1] + 1).clamp(max=h.shape[1])], 1))
+
+
+def _summary_normalised_after_the_mean(h, spans):
+    return torch.nn.functional.layer_norm(_summary_without_normalising_each_token(h, spans), (h.shape[-1],))
+
+
+def _overlap_divided_by_r(R):
+    return _overlap_not_normalised(R) / R.shape[1]
+
+
+def _edit_without_gates(h, R, W, b, g):
+    return nb04.gated_edit(h, R, W, b, torch.ones_like(g))
+
+
+def _interference_relative(acc_alone, acc_mixed):
+    drops = {s: (acc_alone[s] - acc_mixed[s]) / acc_alone[s] for s in acc_alone if s != "mean"}
+    return {**drops, "mean": sum(drops.values()) / len(drops)}
+
+
+# checker, reference, a wrong answer learners write, what the message must say
 EXERCISES = [
-    (checks.check_interference, nb03.interference, _drop_wrong_sign, "at key 'a'"),
+    (checks.check_interference, nb03.interference, _drop_wrong_sign, checks.says("interference", "sign")),
+    (checks.check_interference, nb03.interference, _interference_relative, checks.says("interference", "relative")),
     (checks.check_orthogonal_subspaces, nb03.orthogonal_subspaces, _orthonormal_within_each_only, "not orthogonal to each other"),
-    (checks.check_subspace_overlap, nb03.subspace_overlap, _overlap_not_normalised, "values differ"),
-    (checks.check_gated_edit, nb04.gated_edit, _edit_without_subtraction, "values differ"),
-    (checks.check_instruction_summary, nb04.instruction_summary, _summary_of_every_token, "values differ"),
-    (checks.check_instruction_summary, nb04.instruction_summary, _summary_without_normalising_each_token, "values differ"),
-    (checks.check_balance_term, nb04.balance_term, _balance_with_the_sign_flipped, "values differ"),
+    (checks.check_subspace_overlap, nb03.subspace_overlap, _overlap_not_normalised, checks.says("subspace_overlap", "not_normalised")),
+    (checks.check_subspace_overlap, nb03.subspace_overlap, _overlap_divided_by_r, checks.says("subspace_overlap", "divided_by_r")),
+    (checks.check_gated_edit, nb04.gated_edit, _edit_without_subtraction, checks.says("gated_edit", "no_subtract")),
+    (checks.check_gated_edit, nb04.gated_edit, _edit_without_gates, checks.says("gated_edit", "gates_ignored")),
+    (checks.check_instruction_summary, nb04.instruction_summary, _summary_of_every_token, checks.says("instruction_summary", "every_token")),
+    (checks.check_instruction_summary, nb04.instruction_summary, _summary_without_normalising_each_token,
+     checks.says("instruction_summary", "no_layer_norm")),
+    (checks.check_instruction_summary, nb04.instruction_summary, _summary_with_the_end_token, checks.says("instruction_summary", "end_inclusive")),
+    (checks.check_instruction_summary, nb04.instruction_summary, _summary_normalised_after_the_mean,
+     checks.says("instruction_summary", "norm_after_mean")),
+    (checks.check_balance_term, nb04.balance_term, _balance_with_the_sign_flipped, checks.says("balance_term", "sign")),
     (checks.check_balance_term, nb04.balance_term, _balance_without_normalising, "do not sum to 1"),
     (checks.check_balance_term, nb04.balance_term, _balance_with_log_of_zero, "0 · log 0"),
+    (checks.check_balance_term, nb04.balance_term, _balance_in_bits, checks.says("balance_term", "log2")),
 ]
 IDS = [f"{solution.__name__}-{wrong.__name__}" for _, solution, wrong, _ in EXERCISES]
 
