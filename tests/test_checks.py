@@ -207,7 +207,8 @@ def test_without_solutions_a_stub_continues_with_the_library_not_the_reference(n
 
 @pytest.mark.parametrize("name", sorted(checks.FALLBACKS))
 def test_without_solutions_a_wrong_answer_still_fails(name, no_solutions):
-    wrong = {"loreft_parameters": lambda d, r, n: 0, "interference": lambda a, m: {**a}}.get(name)
+    wrong = {"loreft_parameters": lambda d, r, n: 0, "interference": lambda a, m: {**a}, "routing_nmi": lambda s, c: 0.5,
+             "sequential_as_one": lambda *a: tuple(t + 1.0 for t in REFERENCES[name](*a))}.get(name)
     if wrong is None:
         def wrong(*args):
             out = REFERENCES[name](*args)
