@@ -44,9 +44,10 @@ def test_frozen_subspace_stays_bit_for_bit_under_training():
     params = [p for p in reft.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=0.1, weight_decay=0.1)
     ids = torch.randint(3, 100, (2, 6))
+    labels = ids.masked_fill(torch.arange(6) < 3, -100)  # a 3-token prompt, then the answer
     with reft.force_gates([1.0, 1.0]):  # both open: subspace 0 is used, and must still not move
         for _ in range(3):
-            out = reft(ids, labels=ids)
+            out = reft(ids, labels=labels)
             out.loss.backward()
             opt.step()
             opt.zero_grad()
