@@ -23,6 +23,7 @@ import os
 import shutil
 import threading
 from pathlib import Path
+from urllib.parse import urldefrag
 
 import nbformat
 import pytest
@@ -188,6 +189,13 @@ def test_notebook_page_as_a_visitor_sees_it(browser, server, notebook):
     assert not _missing_fonts(browser, server), f"{notebook.name}: fonts not found: {_missing_fonts(browser, server)}"
 
 
+def _sidebar_pages(browser) -> set[str]:
+    """The pages the sidebar links, without fragments: Sphinx links the page being read as "#", i.e. PAGE#."""
+    from selenium.webdriver.common.by import By
+
+    return {urldefrag(a.get_attribute("href")).url for a in browser.find_elements(By.CSS_SELECTOR, "nav.bd-links a")}
+
+
 FONTS = (".woff2", ".woff", ".ttf", ".eot")
 
 
@@ -210,7 +218,7 @@ def test_the_instructors_guide_shows_the_checkers_mistakes(browser, server):
     spec.loader.exec_module(tables)
     _open(browser, server + "docs/instructor.html")
     browser.save_screenshot(str(SCREENSHOTS / "instructor.png"))
-    sidebar = {a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "nav.bd-links a")}
+    sidebar = _sidebar_pages(browser)
     assert server + "docs/instructor.html" in sidebar, "the sidebar does not link the instructor's guide"
     plain = str.maketrans({"’": "'", "‘": "'", "“": '"', "”": '"'})  # Sphinx's smart quotes, back to the source's
     cells = [td.text.translate(plain) for td in browser.find_elements(By.CSS_SELECTOR, "main table td")]
@@ -230,7 +238,7 @@ def test_navigation_reaches_every_notebook(browser, server):
     _open(browser, server + "index.html")  # GitHub Pages' entry: redirects to the README
     assert browser.current_url.endswith("README.html")
     browser.save_screenshot(str(SCREENSHOTS / "landing.png"))
-    sidebar = {a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "nav.bd-links a")}
+    sidebar = _sidebar_pages(browser)
     for notebook in NOTEBOOKS:
         page = server + notebook.relative_to(ROOT).as_posix().replace(".ipynb", ".html")
         assert page in sidebar, f"the sidebar does not link {notebook.name}"
