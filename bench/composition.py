@@ -35,7 +35,6 @@ of *training* words (a 3×3 grid over 0.5, 0.75, 1.0; ``/work/shared/COMPOSITION
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import random
@@ -47,7 +46,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from interference import RANK, SMALL, Bench, one_hot  # noqa: E402
+from interference import RANK, SMALL, Bench, one_hot, study_parser  # noqa: E402
 
 from csreft_lite.controls import SeparateBases  # noqa: E402
 
@@ -309,13 +308,7 @@ def figure(runs: dict, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n", 2)[2])
-    parser.add_argument("--regimes", nargs="+", choices=REGIMES, default=REGIMES)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--runs", type=Path, default=RUNS, help="one JSON per (condition, seed); existing ones are skipped")
-    parser.add_argument("--table", action="store_true", help="only print the tables and draw the figure from --runs")
+    parser = study_parser(__doc__, "regimes", REGIMES, RUNS, "only print the tables and draw the figure from --runs")
     parser.add_argument("--figure", type=Path, default=Path(__file__).with_name("composition.png"))
     args = parser.parse_args()
     if not args.table:

@@ -45,7 +45,6 @@ Where the rule is not met, RESULTS.md says so and gives each condition's numbers
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import json
@@ -59,7 +58,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from interference import Bench  # noqa: E402
+from interference import Bench, study_parser  # noqa: E402
 
 from csreft_lite.controls import SeparateBases, SharedBasis  # noqa: E402
 
@@ -307,14 +306,7 @@ def tables(runs: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n", 2)[2])
-    parser.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=CONDITIONS)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--runs", type=Path, default=RUNS, help="one JSON per (condition, seed); existing ones are skipped")
-    parser.add_argument("--table", action="store_true", help="only print the tables from --runs")
-    args = parser.parse_args()
+    args = study_parser(__doc__, "conditions", CONDITIONS, RUNS, "only print the tables from --runs").parse_args()
     if not args.table:
         run(args)
     print(tables(load(args.runs)))

@@ -464,6 +464,18 @@ def figure(raw: dict, path: Path) -> bool:
     return True
 
 
+def study_parser(doc: str, arms: str, choices: list[str], runs: Path, table_help: str) -> argparse.ArgumentParser:
+    """The command line of a resumable study (composition.py, continual.py): which arms and seeds, one JSON per run."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=doc.split("\n", 2)[2])
+    parser.add_argument(f"--{arms}", nargs="+", choices=choices, default=choices)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", type=Path, default=runs, help="one JSON per (condition, seed); existing ones are skipped")
+    parser.add_argument("--table", action="store_true", help=table_help)
+    return parser
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n", 2)[2])

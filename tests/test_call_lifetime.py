@@ -23,7 +23,18 @@ def labelled(x, prompt=6):
     return {"input_ids": x, "labels": labels, "prompt_lengths": torch.full((len(x),), prompt)}
 
 
-def checkpointed(model, reft, where):
+def checkpointed(where):
+    """A tiny Llama, its logits on ``x`` before any wrapping, and a ReftModel around it set to train with checkpointing."""
+    model = tiny_llama()
+    x = ids()
+    with torch.no_grad():
+        before = model(x).logits
+    reft = cl.ReftModel(model, {1: perturbed(cl.LoReFT(D, 4))}, positions="f3+l3")
+    train_with_checkpointing(model, reft, where)
+    return model, reft, x, before
+
+
+def train_with_checkpointing(model, reft, where):
     reft.gradient_checkpointing_enable()
     if where == HOOKS[1]:
         hooks_inside_enable(model)
@@ -33,12 +44,7 @@ def checkpointed(model, reft, where):
 
 @pytest.mark.parametrize("where", HOOKS)
 def test_the_base_model_runs_unedited_after_checkpointed_training(where):
-    model = tiny_llama()
-    x = ids()
-    with torch.no_grad():
-        before = model(x).logits
-    reft = cl.ReftModel(model, {1: perturbed(cl.LoReFT(D, 4))}, positions="f3+l3")
-    checkpointed(model, reft, where)
+    model, reft, x, before = checkpointed(where)
     reft(**labelled(x)).loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in reft.parameters())
     reft.eval()
@@ -56,12 +62,7 @@ def test_the_base_model_runs_unedited_after_checkpointed_training(where):
 
 @pytest.mark.parametrize("where", HOOKS)
 def test_a_forward_never_followed_by_backward_leaves_nothing_behind(where):
-    model = tiny_llama()
-    x = ids()
-    with torch.no_grad():
-        before = model(x).logits
-    reft = cl.ReftModel(model, {1: perturbed(cl.LoReFT(D, 4))}, positions="f3+l3")
-    checkpointed(model, reft, where)
+    model, reft, x, before = checkpointed(where)
     out = reft(**labelled(x))  # the graph (and the recompute it could run) is still alive
     with torch.no_grad():
         assert torch.equal(model(x).logits, before)
@@ -78,7 +79,7 @@ def test_two_calls_then_one_backward_recompute_each_with_its_own_call(where):
         reft = cl.ReftModel(model, {1: cl.CSReFT(D, 2, 2), 3: cl.CSReFT(D, 2, 2)}, positions="f2+l2", share_positions=False)
         perturbed(reft)
         if where is not None:
-            checkpointed(model, reft, where)
+            train_with_checkpointing(model, reft, where)
         a, b = labelled(ids(seq=12), 6), labelled(ids(seq=9, seed=1), 4)
         loss = reft(**a, instruction_spans=torch.tensor([[1, 5]] * 2)).loss
         loss = loss + reft(**b, instruction_spans=torch.tensor([[0, 3]] * 2)).loss
