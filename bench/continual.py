@@ -55,7 +55,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from interference import Bench, study_parser  # noqa: E402

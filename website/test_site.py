@@ -25,7 +25,6 @@ import threading
 from pathlib import Path
 from urllib.parse import urldefrag
 
-import nbformat
 import pytest
 
 from csreft_lite import colab
