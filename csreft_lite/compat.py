@@ -1,11 +1,10 @@
-"""The core's version shims: where transformers 4.x and 5.x differ for hooks, checkpointing and the loss, in one room.
+"""The core's version shims: where transformers 4.x and 5.x differ for hooks and checkpointing, in one room.
 Each says which version needs it and when it can go; the core never asks for a version itself. CI runs transformers
 4.45.1, 4.57.6 and 5.x (README, "Tested versions"). The course model's loader keeps its own (models.py), the
 AlpacaEval scoring its one (evaluate.py)."""
 
 from __future__ import annotations
 
-import inspect
 from contextlib import nullcontext
 from contextvars import ContextVar
 
@@ -59,9 +58,3 @@ def set_checkpointing(model: nn.Module, enabled: bool = True) -> None:
     else:
         model.gradient_checkpointing_disable()
 
-
-def logits_to_keep(model: nn.Module, n: int) -> dict:
-    """The keyword that makes ``model`` compute logits for its last ``n`` positions only: ``logits_to_keep`` (4.50+),
-    ``num_logits_to_keep`` (4.45-4.49); none for a model that takes neither (it computes them all; goes with 4.49)."""
-    accepted = inspect.signature(model.forward).parameters
-    return next(({name: n} for name in ("logits_to_keep", "num_logits_to_keep") if name in accepted), {})

@@ -19,7 +19,7 @@ from transformers.utils import ModelOutput
 
 from . import checkpoint
 from .checkpoint import module_name
-from .compat import UNDER_WAY, is_checkpointing, logits_to_keep, set_checkpointing
+from .compat import UNDER_WAY, is_checkpointing, set_checkpointing
 from .data import collator_for
 from .architecture import decoder_layers, hidden_size, model_name
 from .hooks import (PositionIndex, Positions, edit_at, hook_layers, position_ids, prompt_lengths_from_labels,
@@ -60,6 +60,13 @@ class Call:
 
 class _Routed(Exception):
     """Raised by the router's layer when a ``route`` call has what it needs."""
+
+
+def _supervised_only(supervised: torch.Tensor, fired: list, head: nn.Module, args: tuple) -> tuple:
+    """A pre-hook for the output layer: its input ``[batch, seq, d]`` becomes the supervised positions' ``[1, n_tokens, d]``
+    (what follows the head, scaling or softcapping, is elementwise, so the model's own code runs on them unchanged)."""
+    fired.append(True)
+    return (args[0][:, :-1][supervised].unsqueeze(0), *args[1:])
 
 
 class ReftModel(nn.Module):
@@ -222,16 +229,20 @@ class ReftModel(nn.Module):
             return self._loss(inputs, labels, call)
 
     def _loss(self, inputs: dict, labels: torch.Tensor, call: Call | None) -> ReftOutput:
-        """Cross-entropy of the model's own logits (its head, logit scaling and softcapping included), computed from the
-        batch's first supervised position on (``logits_to_keep``): most prompt tokens never reach the vocabulary."""
+        """Cross-entropy of the model's own logits (its head, logit scaling and softcapping included) at the supervised
+        positions only: the head is handed just those positions' hidden states, so no prompt token reaches the vocabulary."""
         targets = labels[:, 1:]
         supervised = targets != -100  # [batch, seq-1]
         if not bool(supervised.any()):
             raise ValueError("Every label in this batch is -100: there is no response token to learn from.")
-        first = int(supervised.any(0).int().argmax())  # the first column any row learns from
-        keep = labels.shape[1] - first  # logits for positions first .. seq-1
-        logits = self.model(**inputs, use_cache=False, **logits_to_keep(self.model, keep)).logits
-        picked = logits[:, -keep:-1][supervised[:, first:]]  # [n_tokens, vocab]
+        head, fired = self.model.get_output_embeddings(), []
+        handle = None if head is None else head.register_forward_pre_hook(partial(_supervised_only, supervised, fired))
+        try:
+            logits = self.model(**inputs, use_cache=False).logits
+        finally:
+            if handle is not None:
+                handle.remove()
+        picked = logits[0] if fired else logits[:, :-1][supervised]  # [n_tokens, vocab]; a model may bypass its head module
         ce = F.cross_entropy(picked.float(), targets[supervised])
         probs = None if call is None else call.probs
         penalty = self.router.penalty(probs) if probs is not None else None

@@ -1,10 +1,11 @@
 """The labelled loss goes through the model's own head, logit softcapping (Gemma2) and scaling (Granite) included: it
-equals the cross-entropy of ``reft(...).logits`` on five architectures, while the head sees only the positions from
-the batch's first supervised token on."""
+equals the cross-entropy of ``reft(...).logits`` on five architectures, while the head sees only the supervised
+positions; a model whose forward bypasses its head module gets the same loss from all its logits."""
 
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers.modeling_outputs import CausalLMOutput
 
 import csreft_lite as cl
 
@@ -43,19 +44,26 @@ def test_the_loss_is_the_cross_entropy_of_the_models_own_logits(arch):
         logits = reft(b["input_ids"], b["attention_mask"], prompt_lengths=b["prompt_lengths"]).logits
     expected = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), b["labels"][:, 1:].flatten(), ignore_index=-100)
     assert torch.allclose(loss, expected, atol=1e-5), (arch, loss.item(), expected.item())
-    if cl.compat.logits_to_keep(model, 1):  # every model here but GPT-2 under 4.x takes it
-        assert rows[0] == 12 - 4  # the first supervised target is token 5 (row 2), predicted at position 4
+    assert rows == [int((b["labels"][:, 1:] != -100).sum()), 12]  # the loss call: its 5 + 5 + 3 supervised targets only
 
 
-def test_a_model_whose_forward_takes_no_logits_to_keep_gets_every_logit():
-    class Remote(torch.nn.Module):  # a remote-code model: forward(**kwargs) only
+def test_a_model_that_bypasses_its_head_module_gets_the_loss_from_all_its_logits():
+    class Remote(torch.nn.Module):  # a remote-code model: logits from the embedding matrix, its head module never called
         def __init__(self):
             super().__init__()
-            self.inner = tiny_model("granite")
+            self.inner = tiny_llama()
             self.config = self.inner.config
 
-        def forward(self, **kwargs):
-            return self.inner(**kwargs)
+        def get_output_embeddings(self):
+            return self.inner.get_output_embeddings()
 
-    assert cl.compat.logits_to_keep(Remote(), 3) == {}
-    assert list(cl.compat.logits_to_keep(tiny_llama(), 3).values()) == [3]
+        def forward(self, input_ids, **kwargs):
+            hidden = self.inner.model(input_ids, **kwargs).last_hidden_state
+            return CausalLMOutput(logits=hidden @ self.inner.lm_head.weight.T)
+
+    remote = Remote()
+    reft = cl.ReftModel(remote, {1: perturbed(cl.LoReFT(remote.config.hidden_size, 4))}, positions="f2+l2")
+    plain = cl.ReftModel(remote.inner, {1: reft.interventions["layer1"]}, positions="f2+l2")
+    b = batch()
+    with torch.no_grad():
+        assert torch.allclose(reft(**b).loss, plain(**b).loss, atol=1e-5)
