@@ -11,9 +11,10 @@ share the work: each claims a (condition, seed) with a lock file (a lock whose p
 Stream (five of ``tasks``' skills, one after another; the conflicting pair far apart): lowercase, first_letter,
 sentiment, plural, uppercase. Course model (SmolLM2-135M-Instruct, fp32, CPU, 1 thread); notebook 03's settings: layers
 4 and 10, f5+l5, rank 4 per skill, 32 training examples per skill (a seed draws them, the initialisation and the data
-order), lr 1e-2 (AdamW, linear decay); ``STEPS`` = 8 optimiser steps per skill of batch 8 (two epochs; the prototype of
-/work/shared/COMPOSITION.md used 24 steps of batch 4: on the shared 2-core machine a step cost about 2.5 s at batch 2
-or 4 alike, so 8 conditions x 5 seeds fit in an hour only with a third of the steps, each on a larger batch). Test: every
+order), lr 1e-2 (AdamW, linear decay); ``STEPS`` = 8 optimiser steps per skill of batch 8 by default (two epochs; the
+prototype of /work/shared/COMPOSITION.md used 24 steps of batch 4: on the shared 2-core machine a step cost about 2.5 s
+at batch 2 or 4 alike, so 8 conditions x 5 seeds fit in an hour only with a third of the steps, each on a larger batch).
+``--steps 24 --batch 4 --runs bench/continual_runs_24x4`` runs the prototype's budget (a folder holds one budget). Test: every
 held-out word of each word skill (55), and for sentiment every held-out subject x adjective in the first review
 template (64); greedy, exact match (``tasks.score``).
 
@@ -203,7 +204,7 @@ def run(args) -> None:
                 continue
             t0 = time.perf_counter()
             result = (routed_run if condition in ROUTED else shared_run)(b, condition, seed, train, test)
-            record = {"condition": condition, "seed": seed, "stream": STREAM, "steps": STEPS,
+            record = {"condition": condition, "seed": seed, "stream": STREAM, "steps": STEPS, "batch": BATCH,
                       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
                       "seconds": round(time.perf_counter() - t0), "threads": args.threads, "result": result}
             path.write_text(json.dumps(record, separators=(",", ":")))
@@ -213,6 +214,11 @@ def run(args) -> None:
 
 
 # ---------------------------------------------------------------- tables and paired bootstrap intervals
+
+
+def budgets_of(runs: Path) -> list[dict]:
+    """Each run's training budget (runs before ``--batch`` existed used batch 8)."""
+    return [{k: v for k, v in json.loads(path.read_text()).items() if k in ("steps", "batch")} for path in sorted(runs.glob("*.json"))]
 
 
 def load(runs: Path) -> dict:
@@ -305,10 +311,20 @@ def tables(runs: dict) -> str:
 
 
 def main() -> None:
-    args = study_parser(__doc__, "conditions", CONDITIONS, RUNS, "only print the tables from --runs").parse_args()
+    global STEPS, BATCH
+    parser = study_parser(__doc__, "conditions", CONDITIONS, RUNS, "only print the tables from --runs")
+    parser.add_argument("--steps", type=int, default=STEPS, help="optimiser steps per skill (joint: 5x)")
+    parser.add_argument("--batch", type=int, default=BATCH, help="examples per optimiser step")
+    args = parser.parse_args()
+    STEPS, BATCH = args.steps, args.batch
     if not args.table:
         run(args)
-    print(tables(load(args.runs)))
+    runs = load(args.runs)
+    budgets = {(r.get("steps"), r.get("batch", 8)) for r in budgets_of(args.runs)}
+    if len(budgets) > 1:
+        raise SystemExit(f"{args.runs} mixes runs of different training budgets (steps, batch): {sorted(budgets)}")
+    print(f"{args.runs}: {', '.join(f'{s} steps of batch {b} per skill' for s, b in budgets)}\n")
+    print(tables(runs))
 
 
 if __name__ == "__main__":
