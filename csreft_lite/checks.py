@@ -1032,7 +1032,8 @@ def _last_layer_output(model, ids: torch.Tensor) -> torch.Tensor:
     from .models import decoder_layers
 
     store = {}
-    handle = decoder_layers(model)[-1].register_forward_hook(lambda mod, args, output: store.setdefault("h", hidden_of(output)))
+    # store.update returns None: a forward hook that returns a value replaces the layer's output (4.x: a tuple)
+    handle = decoder_layers(model)[-1].register_forward_hook(lambda mod, args, output: store.update(h=hidden_of(output)))
     try:
         with torch.no_grad():
             model(input_ids=ids)

@@ -29,7 +29,7 @@ NOTEBOOKS = {
 
 def _record_without_remove(model, layer, input_ids):
     store = {}
-    decoder_layers(model)[layer].register_forward_hook(lambda m, a, out: store.setdefault("h", hidden_of(out).detach()))
+    decoder_layers(model)[layer].register_forward_hook(lambda m, a, out: store.update(h=hidden_of(out).detach()))
     with torch.no_grad():
         model(input_ids=input_ids)
     return store["h"]
@@ -37,7 +37,7 @@ def _record_without_remove(model, layer, input_ids):
 
 def _record_input(model, layer, input_ids):
     store = {}
-    handle = decoder_layers(model)[layer].register_forward_hook(lambda m, args, out: store.setdefault("h", args[0].detach()))
+    handle = decoder_layers(model)[layer].register_forward_hook(lambda m, args, out: store.update(h=args[0].detach()))
     with torch.no_grad():
         model(input_ids=input_ids)
     handle.remove()
