@@ -14,7 +14,7 @@ sentiment, plural, uppercase. Course model (SmolLM2-135M-Instruct, fp32, CPU, 1 
 order), lr 1e-2 (AdamW, linear decay); ``STEPS`` = 8 optimiser steps per skill of batch 8 by default (two epochs; the
 prototype of /work/shared/COMPOSITION.md used 24 steps of batch 4: on the shared 2-core machine a step cost about 2.5 s
 at batch 2 or 4 alike, so 8 conditions x 5 seeds fit in an hour only with a third of the steps, each on a larger batch).
-``--steps 24 --batch 4 --runs bench/continual_runs_24x4`` runs the prototype's budget (a folder holds one budget). Test: every
+``--steps 24 --batch 4`` runs the prototype's budget (in ``bench/continual_runs_24x4/``: a folder holds one budget). Test: every
 held-out word of each word skill (55), and for sentiment every held-out subject x adjective in the first review
 template (64); greedy, exact match (``tasks.score``).
 
@@ -316,6 +316,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=STEPS, help="optimiser steps per skill (joint: 5x)")
     parser.add_argument("--batch", type=int, default=BATCH, help="examples per optimiser step")
     args = parser.parse_args()
+    if (args.steps, args.batch) != (STEPS, BATCH) and args.runs == RUNS:  # each budget its own folder
+        args.runs = RUNS.with_name(f"{RUNS.name}_{args.steps}x{args.batch}")
     STEPS, BATCH = args.steps, args.batch
     if not args.table:
         run(args)
