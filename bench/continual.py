@@ -104,7 +104,7 @@ def fit(b: Bench, reft, examples, seed: int, steps: int = STEPS) -> float:
 def shared_run(b: Bench, condition: str, seed: int, train: dict, test: dict) -> dict:
     """One LoReFT of rank 20, skill after skill (with replay of stored examples), or on all at once (``joint``)."""
     cl = b.cl
-    cl.train.set_seed(seed)
+    cl.set_seed(seed)
     reft = cl.ReftModel(b.model, {layer: cl.LoReFT(b.d, RANK * len(STREAM)) for layer in LAYERS}, positions=POSITIONS)
     out: dict = {"own": {}, "final": {}, "train_seconds": 0.0}
     if condition == "joint":
@@ -131,7 +131,7 @@ def routed_run(b: Bench, condition: str, seed: int, train: dict, test: dict) -> 
     """``ReftModel.add_skill`` for each skill in turn; routed (no label) and label-gated answers from the same model."""
     cl = b.cl
     make = cl.CSReFT if MAKE[condition] == "CSReFT" else MAKE[condition]
-    cl.train.set_seed(seed)
+    cl.set_seed(seed)
     reft = cl.ReftModel(b.model, {layer: make(b.d, RANK, 1) for layer in LAYERS}, positions=POSITIONS,
                         router=cl.CentroidRouter(b.d))
     out: dict = {"own": {}, "final": {}, "label": {}, "routed_to": {}, "train_seconds": 0.0, "stored": 0}

@@ -99,7 +99,7 @@ class Bench:
             return self.cl.evaluate.skill_accuracy(reft, self.tok, examples, max_new_tokens=MAX_NEW_TOKENS, template=self.template)
 
     def reft(self, make, settings, seed, **kwargs):
-        self.cl.train.set_seed(seed)  # the interventions' initialisation
+        self.cl.set_seed(seed)  # the interventions' initialisation
         return self.cl.ReftModel(self.model, {layer: make() for layer in settings["layers"]}, positions=POSITIONS, **kwargs)
 
     def csreft(self, k, settings, seed):

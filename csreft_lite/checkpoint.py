@@ -1,11 +1,10 @@
-"""Checkpoints: a folder with ``reft_config.json`` (what is attached where, on which model) and
-``interventions.safetensors`` (the weights), no pickles. Loading reads and checks everything before it touches the
-model; a damaged or inconsistent checkpoint raises ``CheckpointError`` naming the file and the fix.
-``train(checkpoint_dir=...)`` adds the optimizer's moments and the step reached, for resuming."""
+"""Checkpoints: a folder with ``reft_config.json`` (a ``ReftModel``'s ``ReftConfig`` and the base model it was made
+for) and ``interventions.safetensors`` (the weights), no pickles. This module only writes and reads them, and checks
+what it reads before anything touches the model: a damaged checkpoint raises ``CheckpointError`` naming the file and
+the fix. ``train(checkpoint_dir=...)`` adds the optimizer's moments and the step reached, for resuming."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import sys
 from pathlib import Path
@@ -16,8 +15,6 @@ from torch import nn
 
 from .architecture import decoder_layers, hidden_size, model_name
 from .hooks import Positions
-from .interventions import CSReFT, DiReFT, LoReFT
-from .routing import CentroidRouter, Router
 
 CONFIG_FILE = "reft_config.json"
 WEIGHTS_FILE = "interventions.safetensors"
@@ -25,35 +22,11 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "train_state.json"
 # 2: one router for all CS-ReFT layers (the first release's format).
 FORMAT = 2
-KINDS = {"LoReFT": LoReFT, "DiReFT": DiReFT, "CSReFT": CSReFT, "Router": Router, "CentroidRouter": CentroidRouter}
-_RESAVE = "If you still have the trained ReftModel, save it again with reft.save(path); otherwise load an earlier checkpoint."
+RESAVE = "If you still have the trained ReftModel, save it again with reft.save(path); otherwise load an earlier checkpoint."
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: damaged, incomplete or inconsistent. The message names the file."""
-
-
-def module_name(layer: int, group: str | None) -> str:
-    """An intervention's name in ``ReftModel.interventions``, the weights file and the config: ``layer9``, ``layer9_first``
-    (one name everywhere, so that the ``state_dict`` is the file)."""
-    return f"layer{layer}" if group is None else f"layer{layer}_{group}"
-
-
-def build(kind: str, config: dict) -> nn.Module:
-    """Rebuild an intervention or router from its class name and ``config()``; names unknown and missing keys."""
-    if kind not in KINDS:
-        raise ValueError(f"Unknown intervention kind {kind!r}; known kinds: {', '.join(KINDS)}.")
-    params = inspect.signature(KINDS[kind]).parameters  # the constructor's arguments are the config's keys
-    unknown = sorted(set(config) - set(params))
-    missing = [name for name, p in params.items() if p.default is inspect.Parameter.empty and name not in config]
-    if unknown or missing:
-        problems = ([f"unknown keys {unknown}"] if unknown else []) + ([f"missing keys {missing}"] if missing else [])
-        raise ValueError(
-            f"The {kind} config has {' and '.join(problems)}; {kind} accepts {list(params)}. Was the checkpoint "
-            f"written by another version of csreft_lite (its 'version' field) or edited by hand? Load it with the "
-            f"version that wrote it, or correct the keys."
-        )
-    return KINDS[kind](**config)
 
 
 def identity(model: nn.Module) -> dict:
@@ -80,45 +53,15 @@ def save(config: dict, state: Mapping[str, torch.Tensor], path: str | Path) -> P
     return path
 
 
-def config_of(reft) -> dict:
-    """What a ``ReftModel``'s ``reft_config.json`` holds: the base model, positions, layers, interventions and router."""
-    return {**header(reft.model), "positions": str(reft.positions), "share_positions": reft.share_positions,
-            "layers": reft.layers, "interventions": {k: {"kind": type(m).__name__, "config": m.config()}
-                                                      for k, m in reft.interventions.items()},
-            "router": None if reft.router is None else {"kind": type(reft.router).__name__, "layer": reft.router_layer,
-                                                         "config": reft.router.config()}}
-
-
-def load(cls, path: str | Path, model: nn.Module, check_model_name: bool = True):
-    """``ReftModel.load``: build ``cls`` (``ReftModel``) on ``model`` from the checkpoint in ``path``, everything
-    read and checked first; on any error the hooks come off and ``model``'s frozen flags are as they were."""
-    config, by_layer, (router, router_layer), state = read(path, identity(model), check_model_name)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    try:  # the constructor checks layers, sizes and the router before it touches the model
-        reft = cls(model, by_layer, positions=config["positions"], share_positions=config["share_positions"],
-                   router=router, router_layer=router_layer)
-    except ValueError as error:
-        raise CheckpointError(f"{Path(path) / CONFIG_FILE} does not fit this model: {error}") from error
-    try:
-        check_state(Path(path) / WEIGHTS_FILE, state, reft.state_dict())
-        reft.load_state_dict(state)
-    except BaseException:
-        reft.remove()  # no hook left behind, and the frozen flags as they were
-        for p in trainable:
-            p.requires_grad_(True)
-        raise
-    return reft
-
-
-def read(path: str | Path, model_identity: dict, check_model_name: bool = True) -> tuple[dict, dict, tuple, dict]:
-    """Read and check a checkpoint for a model: ``(config, {layer: intervention}, (router, router_layer), weights)``."""
+def read(path: str | Path, model_identity: dict, check_model_name: bool = True) -> tuple[dict, dict]:
+    """Read and check a checkpoint for a model: ``(config, weights)``; ``ReftModel.from_pretrained`` builds from them."""
     path = Path(path)
     if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"No ReftModel checkpoint in {path}: expected {CONFIG_FILE} and {WEIGHTS_FILE}.")
     file = path / CONFIG_FILE
     config = _read_config(file)
     _check_model(config, model_identity, path, check_model_name)
-    return config, _build_interventions(config, file), _build_router(config, file), read_weights(path / WEIGHTS_FILE)
+    return config, read_weights(path / WEIGHTS_FILE)
 
 
 _CONFIG_FIELDS = {"positions": str, "share_positions": bool, "layers": list, "interventions": dict}
@@ -130,7 +73,7 @@ def _read_config(file: Path) -> dict:
         config = json.loads(Path(file).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(
-            f"{file} cannot be read as JSON ({error}): the checkpoint is damaged or was not written completely. {_RESAVE}"
+            f"{file} cannot be read as JSON ({error}): the checkpoint is damaged or was not written completely. {RESAVE}"
         ) from error
     if not isinstance(config, dict):
         raise CheckpointError(f"{file} holds a {type(config).__name__}, not the JSON object that ReftModel.save() writes.")
@@ -142,7 +85,7 @@ def _read_config(file: Path) -> dict:
     if wrong:
         raise CheckpointError(
             f"{file} is not a complete ReftModel config: {', '.join(wrong)}. It was edited by hand, damaged, or "
-            f"written by something else. {_RESAVE}"
+            f"written by something else. {RESAVE}"
         )
     try:
         Positions.parse(config["positions"])
@@ -165,44 +108,6 @@ def _check_model(config: dict, identity: dict, path: Path, check_model_name: boo
         )
 
 
-def _build_router(config: dict, file: Path) -> tuple[Router | None, int | None]:
-    """The shared router and the layer it reads, from the config's ``router`` section (None without one)."""
-    routing = config.get("router")
-    if routing is None:
-        return None, None
-    if not isinstance(routing, dict) or not isinstance(routing.get("config"), dict) or not isinstance(routing.get("layer"), int):
-        raise CheckpointError(f"{file}: 'router' must be {{\"layer\": ..., \"config\": {{...}}}}, got {routing!r}. {_RESAVE}")
-    try:  # rebuilt from its class name (KINDS) and config(); checkpoints of the first release name no kind: a Router
-        return build(routing.get("kind", "Router"), routing["config"]), routing["layer"]
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{file}: the router cannot be built: {error}") from error
-
-
-def _build_interventions(config: dict, file: Path) -> dict[int, nn.Module]:
-    """``{layer: intervention}`` from the config's entries, after checking they match its ``layers``."""
-    share, entries = config["share_positions"], config["interventions"]
-    expected = [module_name(layer, group) for layer in config["layers"] for group in ((None,) if share else ("first", "last"))]
-    missing = [k for k in expected if k not in entries]
-    unexpected = [k for k in entries if k not in expected]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{file}: the 'interventions' entries do not match 'layers' {config['layers']} with "
-            f"share_positions={share} (expected entries {expected}; missing {missing or 'none'}; unexpected "
-            f"{unexpected or 'none'}). The file was edited by hand or damaged. {_RESAVE}"
-        )
-    by_layer = {}
-    for layer in config["layers"]:
-        name = module_name(layer, None if share else "first")
-        spec = entries[name]
-        if not isinstance(spec, dict) or not isinstance(spec.get("config"), dict) or "kind" not in spec:
-            raise CheckpointError(f"{file}: entry '{name}' must be {{\"kind\": ..., \"config\": {{...}}}}, got {spec!r}.")
-        try:
-            by_layer[layer] = build(spec["kind"], spec["config"])
-        except (TypeError, ValueError) as error:
-            raise CheckpointError(f"{file}: entry '{name}' cannot be built: {error}") from error
-    return by_layer
-
-
 def read_weights(file: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file, or a ``CheckpointError`` that names the file."""
     from safetensors import SafetensorError
@@ -213,7 +118,7 @@ def read_weights(file: Path) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError) as error:
         raise CheckpointError(
             f"{file} cannot be read ({error}): the file is damaged or was not written completely (a full disk, "
-            f"an interrupted copy). {_RESAVE}"
+            f"an interrupted copy). {RESAVE}"
         ) from error
 
 

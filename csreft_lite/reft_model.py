@@ -6,8 +6,9 @@ call, its gates handed to every layer)."""
 from __future__ import annotations
 
 import copy
+import inspect
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -18,14 +19,14 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from . import checkpoint
-from .checkpoint import module_name
+from .checkpoint import CheckpointError
 from .compat import UNDER_WAY, is_checkpointing, set_checkpointing
-from .data import collator_for
 from .architecture import decoder_layers, hidden_size, model_name
 from .hooks import (PositionIndex, Positions, edit_at, hook_layers, position_ids, prompt_lengths_from_labels,
                     resolve_positions, span_mask)
-from .interventions import CSReFT
-from .routing import Router, instruction_summary
+from .interventions import CSReFT, DiReFT, LoReFT
+from .routing import CentroidRouter, Router, instruction_summary
+from .training import add_skill, dataset_router_inputs, init_router
 from .validate import check_batch, check_gates, check_interventions, check_layers, check_router
 
 
@@ -56,6 +57,74 @@ class Call:
     def replay(self) -> "Call":
         """This call for a layer recomputed in the backward pass: the same positions and gates, that layer not yet edited."""
         return replace(self, edited=set())
+
+
+# ---------------------------------------------------------------- settings: what a ReftModel is, apart from its weights
+
+KINDS = {"LoReFT": LoReFT, "DiReFT": DiReFT, "CSReFT": CSReFT, "Router": Router, "CentroidRouter": CentroidRouter}
+
+
+def module_name(layer: int, group: str | None) -> str:
+    """An intervention's name in ``ReftModel.interventions``, the weights and ``ReftConfig``: ``layer9``, ``layer9_first``
+    (one name everywhere, so that the ``state_dict`` is the file)."""
+    return f"layer{layer}" if group is None else f"layer{layer}_{group}"
+
+
+def build(kind: str, config: dict) -> nn.Module:
+    """An intervention or router from its class name and ``config()``; names unknown and missing keys."""
+    if kind not in KINDS:
+        raise ValueError(f"Unknown intervention kind {kind!r}; known kinds: {', '.join(KINDS)}.")
+    params = inspect.signature(KINDS[kind]).parameters  # the constructor's arguments are the config's keys
+    unknown = sorted(set(config) - set(params))
+    missing = [name for name, p in params.items() if p.default is inspect.Parameter.empty and name not in config]
+    if unknown or missing:
+        problems = ([f"unknown keys {unknown}"] if unknown else []) + ([f"missing keys {missing}"] if missing else [])
+        raise ValueError(f"The {kind} config has {' and '.join(problems)}; {kind} accepts {list(params)}. Was the checkpoint "
+                         f"written by another version of csreft_lite (its 'version' field) or edited by hand? Load it with "
+                         f"the version that wrote it, or correct the keys.")
+    return KINDS[kind](**config)
+
+
+def _built(what: str, spec) -> nn.Module:
+    """``build`` from a ``{"kind": ..., "config": {...}}`` entry of a ``ReftConfig``; errors name the entry."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("config"), dict) or "kind" not in spec:
+        raise ValueError(f"{what} must be {{\"kind\": ..., \"config\": {{...}}}}, got {spec!r}.")
+    try:
+        return build(spec["kind"], spec["config"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{what} cannot be built: {error}") from error
+
+
+@dataclass
+class ReftConfig:
+    """What a ``ReftModel`` is apart from its weights (as PEFT's ``LoraConfig``): ``reft.reft_config`` gives it,
+    ``ReftModel.from_config(model, config)`` builds a fresh model from it, and checkpoint.py writes and reads it as
+    ``reft_config.json``. Each intervention's ``config`` holds its sizes (rank, subspaces) and frozen subspaces."""
+
+    positions: str
+    share_positions: bool
+    layers: list[int]
+    interventions: dict[str, dict]  # module_name(layer, group) -> {"kind": class name, "config": constructor arguments}
+    router: dict | None = None  # {"kind": ..., "layer": the layer it reads, "config": {...}}; None without CS-ReFT
+
+    def modules(self) -> tuple[dict[int, nn.Module], nn.Module | None, int | None]:
+        """Fresh ``({layer: intervention}, router, router_layer)``, after checking the entries match ``layers``."""
+        groups = (None,) if self.share_positions else ("first", "last")
+        expected = [module_name(layer, group) for layer in self.layers for group in groups]
+        missing = [k for k in expected if k not in self.interventions]
+        unexpected = [k for k in self.interventions if k not in expected]
+        if missing or unexpected:
+            raise ValueError(f"the 'interventions' entries do not match 'layers' {self.layers} with share_positions="
+                             f"{self.share_positions} (expected entries {expected}; missing {missing or 'none'}; unexpected "
+                             f"{unexpected or 'none'}).")
+        by_layer = {layer: _built(f"entry '{module_name(layer, groups[0])}'", self.interventions[module_name(layer, groups[0])])
+                    for layer in self.layers}
+        if self.router is None:
+            return by_layer, None, None
+        if not isinstance(self.router, dict) or not isinstance(self.router.get("layer"), int):
+            raise ValueError(f"'router' must be {{\"kind\": ..., \"layer\": ..., \"config\": {{...}}}}, got {self.router!r}.")
+        # checkpoints of the first release name no kind: a Router
+        return by_layer, _built("the router", {"kind": "Router", **self.router}), self.router["layer"]
 
 
 class _Routed(Exception):
@@ -288,24 +357,8 @@ class ReftModel(nn.Module):
         with self._swapped("_forced", None):
             return self.route(input_ids, attention_mask, instruction_spans, prompt_lengths)[2]
 
-    def init_router(self, dataset, tokenizer=None, batch_size: int = 32, confidence: float = 0.9, seed: int = 0,
-                    collator=None) -> torch.Tensor:
-        """Start the router from the k-means clusters of what it reads on ``dataset`` (``data.make_dataset`` rows, no
-        labels used); returns each example's cluster (``Router.init_from_clusters``)."""
-        summaries = self.dataset_router_inputs(dataset, tokenizer, batch_size, collator)
-        return self.router.init_from_clusters(summaries, confidence=confidence, seed=seed)
-
-    @torch.no_grad()
-    def dataset_router_inputs(self, dataset, tokenizer=None, batch_size: int = 32, collator=None) -> torch.Tensor:
-        """What the router reads on each row of ``dataset`` (``data.make_dataset`` rows), ``[n, d]``, in batches. It
-        does not depend on the interventions: the router reads below the first edit."""
-        collate = collator or collator_for(tokenizer)
-        device = next(self.model.parameters()).device
-        summaries = []
-        for start in range(0, len(dataset), batch_size):
-            batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-            summaries.append(self.router_inputs(**{k: v.to(device) for k, v in batch.items() if k not in ("labels", "gates")}))
-        return torch.cat(summaries)
+    # What it does with a whole data set: training.py.
+    init_router, dataset_router_inputs, add_skill = init_router, dataset_router_inputs, add_skill
 
     # ------------------------------------------------------------ counts and summary
 
@@ -348,17 +401,46 @@ class ReftModel(nn.Module):
         """The base model's config, as every model in the ecosystem has one (``Trainer`` reads it)."""
         return self.model.config
 
+    @property
+    def reft_config(self) -> ReftConfig:
+        """This model's settings: positions, layers, each intervention's kind and sizes, the router."""
+        r = self.router
+        router = None if r is None else {"kind": type(r).__name__, "layer": self.router_layer, "config": r.config()}
+        return ReftConfig(str(self.positions), self.share_positions, self.layers, router=router, interventions={
+            name: {"kind": type(m).__name__, "config": m.config()} for name, m in self.interventions.items()})
+
+    @classmethod
+    def from_config(cls, model: nn.Module, config: ReftConfig) -> "ReftModel":
+        """A ``ReftModel`` on ``model`` as ``config`` describes it, with fresh weights."""
+        interventions, router, router_layer = config.modules()
+        return cls(model, interventions, config.positions, config.share_positions, router, router_layer)
+
     def save(self, path: str | Path) -> Path:
         """Write ``reft_config.json`` and ``interventions.safetensors`` (no pickles) into the folder ``path``."""
-        return checkpoint.save(checkpoint.config_of(self), self.state_dict(), path)
+        return checkpoint.save({**checkpoint.header(self.model), **asdict(self.reft_config)}, self.state_dict(), path)
 
     save_pretrained = save  # PEFT's name
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, path: str | Path, check_model_name: bool = True) -> "ReftModel":
-        """Rebuild a saved ``ReftModel`` on ``model`` (PEFT's name and order: the model first). A checkpoint made for another
-        model, damaged or inconsistent raises ``CheckpointError`` naming the file, and leaves ``model`` as it was."""
-        return checkpoint.load(cls, path, model, check_model_name)
+        """Rebuild a saved ``ReftModel`` on ``model`` (PEFT's name and order). A checkpoint made for another model, damaged
+        or inconsistent raises ``CheckpointError`` naming the file; everything is checked first, and ``model`` is left
+        as it was."""
+        raw, state = checkpoint.read(path, checkpoint.identity(model), check_model_name)
+        file, trainable = Path(path) / checkpoint.CONFIG_FILE, [p for p in model.parameters() if p.requires_grad]
+        try:  # the constructor checks layers, sizes and the router before it touches the model
+            reft = cls.from_config(model, ReftConfig(**{f.name: raw.get(f.name) for f in fields(ReftConfig)}))
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"{file} cannot be used: {error} {checkpoint.RESAVE}") from error
+        try:
+            checkpoint.check_state(Path(path) / checkpoint.WEIGHTS_FILE, state, reft.state_dict())
+            reft.load_state_dict(state)
+        except BaseException:
+            reft.remove()
+            for p in trainable:  # the frozen flags as they were
+                p.requires_grad_(True)
+            raise
+        return reft
 
     def gradient_checkpointing_enable(self, **ignored) -> None:
         """Activation checkpointing in the base model (``Trainer``'s ``gradient_checkpointing=True`` calls this); always
@@ -380,37 +462,3 @@ class ReftModel(nn.Module):
 
     # The first release's name and order, kept for code written against it (DESIGN's stable API).
     load = classmethod(lambda cls, path, model, check_model_name=True: cls.from_pretrained(model, path, check_model_name))
-
-    # ------------------------------------------------------------ skills added one at a time
-
-    def add_skill(self, dataset, tokenizer=None, *, collator=None, **train_kwargs):
-        """Learn one more skill and keep the earlier ones: a new CS-ReFT subspace at every layer (the earlier ones frozen,
-        bit for bit) trained on ``dataset`` (``data.make_dataset`` rows of this skill only) with its gate forced open, and
-        a centroid of what the router reads on those prompts added to the ``routing.CentroidRouter``, which opens the
-        nearest skill's subspace at test, without a label. Returns ``train``'s history; ``train_kwargs`` go to ``train``.
-
-        Start from ``ReftModel(model, {layer: CSReFT(d, rank, n_subspaces=1)}, router=CentroidRouter(d))``: the first
-        call trains subspace 0, each later one adds a subspace (``interventions.new_skill_subspace``).
-        """
-        from . import train
-        from .interventions import new_skill_subspace
-        from .routing import CentroidRouter
-
-        if not isinstance(self.router, CentroidRouter):
-            raise ValueError(f"add_skill routes with a CentroidRouter (one centroid per skill, nothing forgotten); this "
-                             f"model's router is {type(self.router).__name__ if self.router is not None else 'None'}. Build "
-                             f"it as ReftModel(model, {{layer: cl.CSReFT(d, rank, n_subspaces=1)}}, router=CentroidRouter(d)).")
-        if dataset is None or len(dataset) == 0:
-            raise ValueError("add_skill got an empty dataset: pass the new skill's examples (data.make_dataset rows).")
-        if "gates" in dataset[0]:
-            raise ValueError("add_skill opens the new skill's subspace itself: make the dataset without 'gates'.")
-        if "instruction_span" not in dataset[0]:
-            raise ValueError("add_skill's router reads each prompt's instruction: make the dataset with "
-                             "data.make_dataset, whose rows carry 'instruction_span'.")
-        new = new_skill_subspace(list(self.interventions.values()))
-        self.router.learn(new, self.dataset_router_inputs(dataset, tokenizer, collator=collator))
-        with self.force_gates([1.0 if i == new else 0.0 for i in range(new + 1)]):
-            history = train(self, dataset, tokenizer, collator=collator, **train_kwargs)
-        for module in self.interventions.values():
-            module.freeze_subspaces(new)
-        return history

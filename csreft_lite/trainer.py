@@ -1,6 +1,6 @@
 """``ReftTrainer``: transformers' ``Trainer`` for a ``ReftModel``, saving the folder ``ReftModel.load`` reads. A plain
 ``Trainer`` trains a ``ReftModel`` too, but saves any model other than its own and PEFT's as a bare state dict.
-Not in the core: importing transformers' ``Trainer`` takes seconds (the course's own loop is ``train.py``)."""
+Not in the core: importing transformers' ``Trainer`` takes seconds (the course's own loop is ``training.py``)."""
 
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ import torch
 
 import csreft_lite as cl
 from csreft_lite import evaluate, tasks
+from csreft_lite.training import set_seed
 from csreft_lite.data import make_dataset
 from csreft_lite.tasks import BARE_CHAT_TEMPLATE
 
@@ -35,7 +36,7 @@ def records(examples):
 
 
 def run_one(name, model, tok, build, train_kwargs, train_set, probes, save_dir):
-    cl.train.set_seed(0)
+    set_seed(0)
     reft = build()
     data = make_dataset(records(train_set), tok, template=BARE_CHAT_TEMPLATE)
     result = {}

@@ -1,6 +1,6 @@
 """The two-process side of tests/test_distributed.py (run by ``torch.distributed.run``, not by pytest).
 
-Each process trains tiny models with ``csreft_lite.train.train`` and writes, into the folder given
+Each process trains tiny models with ``csreft_lite.training.train`` and writes, into the folder given
 as the first argument, its final interventions (``<run>-rank<r>.safetensors``), its history
 (``<run>-rank<r>.json``) and a log of every checkpoint file it wrote (``writes-rank<r>.txt``).
 The builders below are shared with the test, which runs the one-process references.

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = ["interventions", "routing", "hooks", "architecture", "reft_model", "data", "train", "checkpoint", "compat", "validate", "progress"]
+CORE = ["interventions", "routing", "hooks", "architecture", "reft_model", "data", "training", "checkpoint", "compat", "validate", "progress"]
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mypkg import data, train
+from mypkg import data
+from mypkg.training import train
 from mypkg.interventions import CSReFT, DiReFT, LoReFT
 from mypkg.reft_model import ReftModel
 

@@ -9,7 +9,8 @@ from safetensors.torch import load_file, save_file
 
 import csreft_lite as cl
 from csreft_lite import data
-from csreft_lite.checkpoint import OPTIMIZER_FILE, STATE_FILE, build
+from csreft_lite.checkpoint import OPTIMIZER_FILE, STATE_FILE
+from csreft_lite.reft_model import build
 
 from .tiny import randomize, tiny_llama
 
@@ -78,7 +79,7 @@ def test_config_without_required_fields_lists_them(model, saved):
 def test_unknown_config_key_lists_the_accepted_keys(model, saved):
     base = model(ids()).logits
     edit_config(saved, lambda c: c["interventions"]["layer2_first"]["config"].update(temperature=2.0))
-    with pytest.raises(cl.CheckpointError, match=r"reft_config\.json: entry 'layer2_first' cannot be built: The CSReFT config has unknown keys \['temperature'\]; CSReFT accepts \['d_model', 'rank', 'n_subspaces'"):
+    with pytest.raises(cl.CheckpointError, match=r"reft_config\.json cannot be used: entry 'layer2_first' cannot be built: The CSReFT config has unknown keys \['temperature'\]; CSReFT accepts \['d_model', 'rank', 'n_subspaces'"):
         cl.ReftModel.load(saved, model)
     assert_untouched(model, base)
 
@@ -105,7 +106,7 @@ def test_layers_the_model_does_not_have_are_named_with_the_file(model, saved):
 
     base = model(ids()).logits
     edit_config(saved, move_layer_2_to_9)
-    with pytest.raises(cl.CheckpointError, match=r"reft_config\.json does not fit this model: Layer 9 does not exist: this model has 4 decoder layers"):
+    with pytest.raises(cl.CheckpointError, match=r"reft_config\.json cannot be used: Layer 9 does not exist: this model has 4 decoder layers"):
         cl.ReftModel.load(saved, model)
     assert_untouched(model, base)
 

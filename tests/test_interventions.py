@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import csreft_lite as cl
-from csreft_lite.checkpoint import build
+from csreft_lite.reft_model import build
 from csreft_lite.interventions import orthonormal_rows
 
 from .tiny import perturbed as _perturbed

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import csreft_lite as cl
-from csreft_lite import data, evaluate, tasks, train
+from csreft_lite import data, evaluate, tasks
+from csreft_lite import training as train
 
 
 @pytest.mark.slow

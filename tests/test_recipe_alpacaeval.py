@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import csreft_lite as cl
-from csreft_lite import checkpoint, data, evaluate, judge, train
+from csreft_lite import checkpoint, data, evaluate, judge
+from csreft_lite import training as train
 from csreft_lite.recipes import alpacaeval as ae
 
 from .tiny import hooks_inside_enable, tiny_llama

@@ -1,5 +1,6 @@
 """ReftModel on tiny random models: positions, padding, removal, generation, save/load, bad input."""
 
+import dataclasses
 import json
 
 import pytest
@@ -260,6 +261,30 @@ def test_save_then_load_gives_identical_outputs(model, tmp_path, share):
     assert torch.equal(loaded(x, instruction_spans=spans()).logits, expected)
     assert torch.equal(loaded.last_gates, expected_gates)
     assert loaded.router_layer == 0 and loaded.router.config() == router.config()
+
+
+def test_reft_config_is_what_the_checkpoint_holds_and_builds_the_same_model_fresh(model, tmp_path):
+    """The settings live in one dataclass: the JSON file is it (plus the base model's identity), and from_config builds
+    a model of the same shape with fresh weights, so that loading the saved weights into it gives the saved outputs."""
+    x = ids()
+    reft = cl.ReftModel(model, {1: cl.CSReFT(D, 2, 3, frozen=[1]), 3: cl.CSReFT(D, 2, 3)}, positions="f2+l3",
+                        share_positions=False, router=cl.Router(D, 3, hidden=8), router_layer=0)
+    randomize(reft)
+    expected = reft(x, instruction_spans=spans()).logits
+    settings = reft.reft_config
+    assert isinstance(settings, cl.ReftConfig) and settings.layers == [1, 3] and settings.positions == "f2+l3"
+    assert settings.interventions["layer1_last"] == {"kind": "CSReFT", "config": {"d_model": D, "rank": 2, "n_subspaces": 3, "frozen": [1]}}
+    reft.save(tmp_path / "ckpt")
+    reft.remove()
+    saved = json.loads((tmp_path / "ckpt" / "reft_config.json").read_text())
+    assert {k: saved[k] for k in ("positions", "share_positions", "layers", "interventions", "router")} == dataclasses.asdict(settings)
+    fresh = cl.ReftModel.from_config(model, settings)
+    assert fresh.reft_config == settings and not torch.equal(fresh(x, instruction_spans=spans()).logits, expected)
+    fresh.load_state_dict(cl.ReftModel.from_pretrained(model, tmp_path / "ckpt").state_dict())
+    assert torch.equal(fresh(x, instruction_spans=spans()).logits, expected)
+    broken = dataclasses.replace(settings, layers=[1, 2])
+    with pytest.raises(ValueError, match=r"entries do not match 'layers' \[1, 2\].*missing \['layer2_first', 'layer2_last'\]"):
+        cl.ReftModel.from_config(model, broken)
 
 
 def test_frozen_subspaces_survive_save_and_load_and_are_not_counted(model, tmp_path, capsys):

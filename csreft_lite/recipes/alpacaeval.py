@@ -37,7 +37,7 @@ import csreft_lite as cl
 
 from .. import data as cl_data
 from .. import evaluate as cl_eval
-from .. import train as cl_train
+from .. import training as cl_train
 
 # The shipped smoke files: package data next to this module, so editable and wheel installs both have them.
 DATA_DIR = Path(__file__).resolve().parent / "smoke_data"
