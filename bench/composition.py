@@ -29,6 +29,9 @@ of *training* words (a 3×3 grid over 0.5, 0.75, 1.0; ``/work/shared/COMPOSITION
 - ``pair2``: ``labels`` plus 32 composed prompts of each of the two pairs (both seen pairs, tested on new words);
 - ``open_pair2``: ``pair2``, every other subspace also open with probability 0.5 on each example (drawn once per
   example): open gates that the prompt does not ask for must not change the answer;
+- ``open_pair2_e2``: ``open_pair2`` trained for 2 epochs instead of 3 (80 optimiser steps instead of 120);
+- ``open_pair1``: ``pair1`` with ``open_pair2``'s extra open gates: one pair shown composed, the other held out
+  (notebook 04, section 7);
 - ``shared``, ``shared_pair1``, ``shared_pair2``: one LoReFT of the same parameter count (rank 12) on the same data
   as ``labels`` / ``pair1`` / ``pair2``, no gates: what reading the prompt does without subspaces.
 """
@@ -56,7 +59,7 @@ SKILLS = ["lowercase", "first_letter", "plural"]
 PAIRS = [("lowercase", "plural"), ("lowercase", "first_letter")]
 GRID = [0.5, 0.75, 1.0]
 SEQUENTIAL = ["seq_shared4", "seq_shared8", "seq_orth_frozen", "seq_orth_free", "seq_indep"]
-COMPOSE = ["labels", "indep", "coact", "pair1", "pair2", "open_pair2", "shared", "shared_pair1", "shared_pair2"]
+COMPOSE = ["labels", "indep", "coact", "pair1", "pair2", "open_pair2", "open_pair2_e2", "open_pair1", "shared", "shared_pair1", "shared_pair2"]
 REGIMES = SEQUENTIAL + COMPOSE
 MAX_NEW = 8
 RUNS = Path(__file__).with_name("composition_runs")
@@ -123,6 +126,7 @@ def sequential(b: Bench, regime: str, seed: int) -> dict:
 def training_records(regime: str, seed: int, tasks) -> list[tuple]:
     """(example, gates) for every training example of the regime; gates None for the shared LoReFT."""
     k, st = len(SKILLS), SMALL
+    regime = regime.removesuffix("_e2")  # the same examples and gates, fewer epochs
     rng = random.Random(f"gates/{regime}/{seed}")
     data = tasks.make_examples(SKILLS, st["n_train"], "train", seed)
     n_pairs = int(regime[-1]) if regime[-5:-1] == "pair" else 0  # pair1: lowercase+plural; pair2: both pairs
@@ -139,7 +143,7 @@ def training_records(regime: str, seed: int, tasks) -> list[tuple]:
         if regime == "coact":
             other = rng.choice([i for i in range(k) if SKILLS[i] not in parts])
             g[other] = 1.0
-        elif regime == "open_pair2":
+        elif regime.startswith("open_"):
             g = [1.0 if s in parts or rng.random() < 0.5 else 0.0 for s in SKILLS]
         records.append((e, g))
     return records
@@ -166,7 +170,8 @@ def compose(b: Bench, regime: str, seed: int) -> dict:
     make = (lambda: SeparateBases(b.d, RANK, k)) if regime == "indep" else (lambda: cl.CSReFT(b.d, RANK, k))
     reft = b.reft(make, st, seed)
     gates = {e.instruction: g for e, g in records}
-    b.fit(reft, [e for e, _ in records], st, seed, gates=lambda e: gates[e.instruction])
+    b.fit(reft, [e for e, _ in records], st, seed, gates=lambda e: gates[e.instruction],
+          epochs=2 if regime.endswith("_e2") else None)
     for i, s in enumerate(SKILLS):
         out["single"][s] = b.accuracy(reft, test[s], one_hot(i, k))[s]
         out["all open"][s] = b.accuracy(reft, test[s], [1.0] * k)[s]
@@ -280,7 +285,7 @@ def figure(runs: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     comp = [r for r in COMPOSE if r in runs]
-    fig, axes = plt.subplots(1, len(PAIRS), figsize=(11, 4.4), dpi=100, sharey=True)
+    fig, axes = plt.subplots(1, len(PAIRS), figsize=(11, 5.0), dpi=100, sharey=True)
     for ax, pair in zip(axes, ["+".join(p) for p in PAIRS]):
         for i, reg in enumerate(comp):
             rs = [runs[reg][s]["result"] for s in sorted(runs[reg])]
@@ -292,7 +297,7 @@ def figure(runs: dict, path: Path) -> None:
                     continue
                 ys = [100 * y for y in ys]
                 ax.errorbar(x, statistics.mean(ys), xerr=xe, yerr=statistics.stdev(ys) if len(ys) > 1 else 0, fmt=m,
-                            color=f"C{i}", capsize=2, ms=7, alpha=1 if how == "1,1" else 0.5,
+                            color=plt.cm.tab20(i % 20), capsize=2, ms=7, alpha=1 if how == "1,1" else 0.5,
                             label=f"{reg} ({len(rs)} seeds)" if how == "1,1" else None)
         ax.set_xlabel("isolation: single skills with every gate open (%)")
         ax.set_title(f"{pair} (o: gates 1,1; ^: calibrated scales)", fontsize=9)
@@ -300,9 +305,9 @@ def figure(runs: dict, path: Path) -> None:
         ax.set_ylim(-3, 103)
         ax.grid(lw=0.3)
     axes[0].set_ylabel("composition: held-out prompts answered with both skills (%)")
-    axes[-1].legend(fontsize=7, loc="center right")
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="lower center", ncol=6, frameon=False)
     fig.suptitle("Course model (SmolLM2-135M), mean ± std over seeds; a shared LoReFT has no gates (x: its accuracy)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))  # room for the legend below the panels
     fig.savefig(path)
     plt.close(fig)
 
