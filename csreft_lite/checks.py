@@ -911,13 +911,17 @@ def claim(holds: bool, text: str, seed: int, shows: str = "") -> None:
 
     On the seed the text was written for (``DEFAULT_SEED``) a claim that fails is an error, so the committed notebook
     guards its text. On another seed it is a finding, not a bug: this prints what the run shows instead and carries
-    on, so a learner who changes ``SEED`` is never stopped by a cell that is not an exercise."""
+    on, so a learner who changes ``SEED`` is never stopped by a cell that is not an exercise. With the environment
+    variable ``CSREFT_CLAIMS=report`` (``scripts/run_seed.py`` sets it: a study of seeds or of other settings, such as
+    the guide's assessment) every seed reports instead."""
     if holds:
         return
-    if seed == DEFAULT_SEED:
-        raise AssertionError(f"{text} ({shows})" if shows else text)
+    if seed == DEFAULT_SEED and os.environ.get("CSREFT_CLAIMS") != "report":
+        raise AssertionError(f"{f'{text} ({shows})' if shows else text}. The text was checked on seed {DEFAULT_SEED} with "
+                             f"the notebook's own settings; if you changed one, this is what your run shows, not a bug: "
+                             f"start Jupyter with CSREFT_CLAIMS=report to be told instead of stopped.")
     print(f"⚠ seed {seed}: the text says {text!r}, but this run does not show it{': ' + shows if shows else ''}. "
-          f"(The text was checked on seed {DEFAULT_SEED}; results move with the seed.)")
+          f"(The text was checked on seed {DEFAULT_SEED} with the notebook's own settings; results move with both.)")
 
 
 # ---------------------------------------------------------------- the hard exercises (●●●), one per notebook 01-04
