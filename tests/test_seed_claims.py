@@ -34,6 +34,7 @@ def test_a_study_reports_a_failed_claim_on_the_default_seed_too(monkeypatch, cap
     assert capsys.readouterr().out.startswith("⚠ seed 0: the text says 'taught pairs compose'")
 
 
+@pytest.mark.classroom
 def test_run_seed_reports_instead_of_stopping_on_the_default_seed(tmp_path):
     """The guide's assessment runs notebook 04 with other SKILLS on seed 0: a claim of the text must not stop it."""
     import subprocess
