@@ -117,8 +117,8 @@ class ReftConfig:
             raise ValueError(f"the 'interventions' entries do not match 'layers' {self.layers} with share_positions="
                              f"{self.share_positions} (expected entries {expected}; missing {missing or 'none'}; unexpected "
                              f"{unexpected or 'none'}).")
-        by_layer = {layer: _built(f"entry '{module_name(layer, groups[0])}'", self.interventions[module_name(layer, groups[0])])
-                    for layer in self.layers}
+        names = {layer: module_name(layer, groups[0]) for layer in self.layers}  # untied: "last" is built from "first"
+        by_layer = {layer: _built(f"entry '{name}'", self.interventions[name]) for layer, name in names.items()}
         if self.router is None:
             return by_layer, None, None
         if not isinstance(self.router, dict) or not isinstance(self.router.get("layer"), int):
