@@ -20,8 +20,8 @@ CONFIG_FILE = "reft_config.json"
 WEIGHTS_FILE = "interventions.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "train_state.json"
-# 2: one router for all CS-ReFT layers (the first release's format).
-FORMAT = 2
+# 2: one router for all CS-ReFT layers (the first release's format). 3: a CS-ReFT's subspaces stored one by one.
+FORMAT = 3
 RESAVE = "If you still have the trained ReftModel, save it again with reft.save(path); otherwise load an earlier checkpoint."
 
 
@@ -58,10 +58,25 @@ def read(path: str | Path, model_identity: dict, check_model_name: bool = True) 
     path = Path(path)
     if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"No ReftModel checkpoint in {path}: expected {CONFIG_FILE} and {WEIGHTS_FILE}.")
-    file = path / CONFIG_FILE
-    config = _read_config(file)
+    config = _read_config(path / CONFIG_FILE)
     _check_model(config, model_identity, path, check_model_name)
-    return config, read_weights(path / WEIGHTS_FILE)
+    return config, _unstacked(config, read_weights(path / WEIGHTS_FILE))
+
+
+def _unstacked(config: dict, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights as format 3 names them. Format 2 stored a CS-ReFT's k subspaces stacked (``R_raw [k·r, d]``, ``W [k, r,
+    d]``, ``b [k, r]``); format 3 stores each one's own ``R_raw_i``, ``W_i``, ``b_i``, as the module holds them."""
+    if config.get("format", 2) >= 3:
+        return state
+    for name, entry in config["interventions"].items():
+        k = entry.get("config", {}).get("n_subspaces") if isinstance(entry, dict) and entry.get("kind") == "CSReFT" else None
+        for part in ("R_raw", "W", "b") if isinstance(k, int) and k > 0 else ():
+            stacked = state.get(f"interventions.{name}.{part}")
+            if stacked is not None and stacked.shape[0] % k == 0:  # else the shape check names it
+                pieces = stacked.reshape(k, stacked.shape[0] // k, *stacked.shape[1:]) if part == "R_raw" else stacked
+                state.update({f"interventions.{name}.{part}_{i}": piece for i, piece in enumerate(pieces)})
+                del state[f"interventions.{name}.{part}"]
+    return state
 
 
 _CONFIG_FIELDS = {"positions": str, "share_positions": bool, "layers": list, "interventions": dict}
@@ -166,7 +181,7 @@ def restore_training(reft, optimizer, path: str | Path) -> int:
             f"alone cannot be resumed. Pass another checkpoint_dir to start afresh, or resume=False (which overwrites this folder)."
         )
     step, groups = _read_train_state(path / STATE_FILE)
-    weights = read_weights(path / WEIGHTS_FILE)
+    weights = _unstacked(_read_config(path / CONFIG_FILE), read_weights(path / WEIGHTS_FILE))
     check_state(path / WEIGHTS_FILE, weights, reft.state_dict(), fit="this run's interventions",
                 fix="Resume with the interventions, layers and positions that wrote the checkpoint.")
     moments = read_weights(path / OPTIMIZER_FILE)

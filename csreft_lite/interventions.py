@@ -64,9 +64,6 @@ class LoReFT(nn.Module):
         delta = (x @ self.W.T + self.b - x @ R.T) @ R  # [..., rank] -> [..., d]
         return (x + delta).to(h.dtype)
 
-    def config(self) -> dict:
-        return {"d_model": self.d_model, "rank": self.rank}
-
 
 class DiReFT(nn.Module):
     """Direct ReFT, the ablation without orthogonality or subtraction: ``h + W₂ᵀ(W₁ h + b)``.
@@ -88,9 +85,6 @@ class DiReFT(nn.Module):
         x = h.to(self.W1.dtype)
         return (x + (x @ self.W1.T + self.b) @ self.W2).to(h.dtype)
 
-    def config(self) -> dict:
-        return {"d_model": self.d_model, "rank": self.rank}
-
 
 class CSReFT(nn.Module):
     """Compositional Subspace ReFT: k LoReFT-style edits, each scaled by its gate.
@@ -101,8 +95,7 @@ class CSReFT(nn.Module):
 
     Where the paper is silent: the stacked ``[k·r, d]`` basis is orthonormalised as a whole, so the
     subspaces are also mutually orthogonal (``Rᵢ Rⱼᵀ = 0``) and no skill's edit writes into another's.
-    Each subspace owns its parameters (``R_raw_i``, ``W_i``, ``b_i``), so one can be frozen exactly; a
-    checkpoint stores them stacked as ``R_raw [k·r, d]``, ``W [k, r, d]``, ``b [k, r]``.
+    Each subspace owns its parameters (``R_raw_i``, ``W_i``, ``b_i``), so one can be frozen exactly.
     """
 
     def __init__(self, d_model: int, rank: int = 4, n_subspaces: int = 4, frozen: "tuple[int, ...] | list[int]" = ()):
@@ -129,7 +122,7 @@ class CSReFT(nn.Module):
         Their ``R``, ``W`` and ``b`` stay bit for bit whatever the optimiser does (weight decay, earlier moments): they
         stop requiring gradients and enter every pass detached. As the bases are orthonormalised together (QR turns each
         row against those before it), frozen bases go first, their rows replaced by the basis they already span (nothing
-        moves now). ``config()`` and so a checkpoint keep the frozen indices.
+        moves now). A checkpoint keeps the frozen indices (``frozen``).
         """
         for i in indices:
             if not isinstance(i, int) or not 0 <= i < self.n_subspaces:
@@ -210,33 +203,6 @@ class CSReFT(nn.Module):
         scale = g[:, :, None] if x.dim() == 2 else g[:, None, :, None]  # [n, k, 1] or [batch, 1, k, 1]
         delta = torch.einsum("...kr,krd->...d", z * scale, R)
         return (x + delta).to(h.dtype)
-
-    # The checkpoint format stores the k subspaces stacked, as before they had parameters of their own.
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        for name, n in (("R_raw", 0), ("W", 1), ("b", 2)):
-            stacked = torch.stack([self.subspace(i)[n] for i in range(self.n_subspaces)])
-            destination[prefix + name] = stacked if keep_vars else stacked.detach()
-        destination[prefix + "R_raw"] = destination[prefix + "R_raw"].reshape(-1, self.d_model)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        k, r, d = self.n_subspaces, self.rank, self.d_model
-        shapes = {"R_raw": (k * r, d), "W": (k, r, d), "b": (k, r)}
-        unexpected_keys.extend(key for key in state_dict
-                               if key.startswith(prefix) and "." not in key[len(prefix):] and key[len(prefix):] not in shapes)
-        for n, (name, shape) in enumerate(shapes.items()):
-            value = state_dict.get(prefix + name)
-            if value is None:
-                missing_keys.append(prefix + name)
-            elif tuple(value.shape) != shape:
-                error_msgs.append(f"size mismatch for {prefix + name}: copying a param with shape {tuple(value.shape)} "
-                                  f"from checkpoint, the shape in current model is {shape}.")
-            else:
-                with torch.no_grad():
-                    for i, part in enumerate(value.reshape(k, r, -1) if name != "b" else value):
-                        self.subspace(i)[n].copy_(part)
-
-    def config(self) -> dict:
-        return {"d_model": self.d_model, "rank": self.rank, "n_subspaces": self.n_subspaces, "frozen": list(self.frozen)}
 
 
 def new_skill_subspace(modules: "list[CSReFT]") -> int:

@@ -70,8 +70,15 @@ def module_name(layer: int, group: str | None) -> str:
     return f"layer{layer}" if group is None else f"layer{layer}_{group}"
 
 
+def settings(module: nn.Module) -> dict:
+    """A module's constructor arguments, read back from its attributes of the same names (scikit-learn's ``get_params``
+    convention): what ``ReftConfig`` stores for it, and ``build`` passes to rebuild it."""
+    values = {name: getattr(module, name) for name in inspect.signature(type(module)).parameters}
+    return {name: list(v) if isinstance(v, tuple) else v for name, v in values.items()}  # as JSON holds them
+
+
 def build(kind: str, config: dict) -> nn.Module:
-    """An intervention or router from its class name and ``config()``; names unknown and missing keys."""
+    """An intervention or router from its class name and ``settings``; names unknown and missing keys."""
     if kind not in KINDS:
         raise ValueError(f"Unknown intervention kind {kind!r}; known kinds: {', '.join(KINDS)}.")
     params = inspect.signature(KINDS[kind]).parameters  # the constructor's arguments are the config's keys
@@ -405,9 +412,9 @@ class ReftModel(nn.Module):
     def reft_config(self) -> ReftConfig:
         """This model's settings: positions, layers, each intervention's kind and sizes, the router."""
         r = self.router
-        router = None if r is None else {"kind": type(r).__name__, "layer": self.router_layer, "config": r.config()}
+        router = None if r is None else {"kind": type(r).__name__, "layer": self.router_layer, "config": settings(r)}
         return ReftConfig(str(self.positions), self.share_positions, self.layers, router=router, interventions={
-            name: {"kind": type(m).__name__, "config": m.config()} for name, m in self.interventions.items()})
+            name: {"kind": type(m).__name__, "config": settings(m)} for name, m in self.interventions.items()})
 
     @classmethod
     def from_config(cls, model: nn.Module, config: ReftConfig) -> "ReftModel":

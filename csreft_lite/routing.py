@@ -163,10 +163,6 @@ class Router(nn.Module):
         self.net.bias.copy_(beta * bias)
         return assign
 
-    def config(self) -> dict:
-        return {"d_model": self.d_model, "n_subspaces": self.n_subspaces, "hidden": self.hidden, "gating": self.gating,
-                "top_k": self.top_k, "sparsity": self.sparsity, "balance": self.balance}
-
 
 class CentroidRouter(nn.Module):
     """Top-1 gates from the nearest of k centroids, one per skill: the mean of ``Router.features`` over the skill's
@@ -225,6 +221,3 @@ class CentroidRouter(nn.Module):
             self.n_subspaces += 1
         else:
             self.centroids[index] = centroid
-
-    def config(self) -> dict:
-        return {"d_model": self.d_model, "n_subspaces": self.n_subspaces, "temperature": self.temperature}

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import csreft_lite as cl
+from csreft_lite.reft_model import settings
 from csreft_lite.controls import SeparateBases
 
 from .tiny import perturbed as _perturbed, tiny_llama
@@ -54,6 +55,6 @@ def test_frozen_subspace_stays_bit_for_bit_under_training():
     assert all(torch.equal(a, p) for a, p in zip(before, sb.subspace(0)))
     assert not torch.equal(sb.W[1], sb.R[1])  # the open subspace learned
     assert reft.trainable_parameters() == sum(p.numel() for p in params)
-    assert cl.CSReFT(model.config.hidden_size, 2, K).config() | {"frozen": [0]} == sb.config()
+    assert sb.frozen == (0,) and settings(sb) == {"d_model": model.config.hidden_size, "rank": 2, "n_subspaces": K}
     with pytest.raises(ValueError, match="subspaces 0 to 1"):  # CSReFT's own checks and exact freezing
         sb.freeze_subspaces(2)

@@ -115,11 +115,11 @@ def test_weights_that_do_not_fit_leave_no_hook_and_no_frozen_weight_behind(model
     """The failure comes after the ReftModel is built (its hooks attached, the model frozen): both are undone."""
     file = saved / "interventions.safetensors"
     state = load_file(str(file))
-    state.pop("interventions.layer2_last.b")
+    state.pop("interventions.layer2_last.b_1")
     save_file(state, str(file))
     model.requires_grad_(True)  # a model the user is fine-tuning: load must not freeze it and then fail
     base = model(ids()).logits
-    with pytest.raises(cl.CheckpointError, match=r"weights in .*interventions\.safetensors do not fit .*missing \['interventions\.layer2_last\.b'\]"):
+    with pytest.raises(cl.CheckpointError, match=r"weights in .*interventions\.safetensors do not fit .*missing \['interventions\.layer2_last\.b_1'\]"):
         cl.ReftModel.load(saved, model)
     assert_untouched(model, base)
     assert all(p.requires_grad for p in model.parameters())

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import csreft_lite as cl
-from csreft_lite.reft_model import build
+from csreft_lite.reft_model import build, settings
 from csreft_lite.interventions import orthonormal_rows
 
 from .tiny import perturbed as _perturbed
@@ -263,23 +263,22 @@ def test_frozen_subspaces_train_nothing_and_are_not_counted_as_trainable():
     cs.freeze_subspaces(0, 2)
     assert cs.frozen == (0, 2)
     assert sum(p.numel() for p in cs.parameters() if p.requires_grad) == per_subspace
-    assert cs.config()["frozen"] == [0, 2]
+    assert settings(cs)["frozen"] == [0, 2]
 
 
-def test_the_checkpoint_layout_stays_stacked_and_round_trips():
-    """A checkpoint holds R_raw [k·r, d], W [k, r, d], b [k, r], as before subspaces had parameters of their own,
-    so checkpoints written then still load; a wrong shape or a stray key is named."""
+def test_the_state_dict_holds_each_subspace_s_own_parameters_and_round_trips():
+    """Format 3: a CS-ReFT's state dict is its parameters as they are (R_raw_i [r, d], W_i [r, d], b_i [r]); format 2's
+    stacked layout is read by checkpoint.py (tests/test_reft_model.py loads checkpoints the old code wrote)."""
     cs = _perturbed(cl.CSReFT(D, R, n_subspaces=3))
     state = cs.state_dict()
-    assert {k: tuple(v.shape) for k, v in state.items()} == {"R_raw": (3 * R, D), "W": (3, R, D), "b": (3, R)}
+    assert {k: tuple(v.shape) for k, v in state.items()} == {
+        f"{name}_{i}": shape for i in range(3) for name, shape in (("R_raw", (R, D)), ("W", (R, D)), ("b", (R,)))}
     fresh = cl.CSReFT(D, R, n_subspaces=3)
     fresh.load_state_dict(state)
     h, g = torch.randn(2, 4, D), torch.rand(2, 3)
     assert torch.equal(fresh(h, gates=g), cs(h, gates=g))
-    with pytest.raises(RuntimeError, match="size mismatch for W"):
-        fresh.load_state_dict({**state, "W": state["W"][:2]})
-    with pytest.raises(RuntimeError, match="Unexpected key.*R_raw_0"):
-        fresh.load_state_dict({**state, "R_raw_0": state["R_raw"][:R]})
+    with pytest.raises(RuntimeError, match="size mismatch for W_1"):
+        fresh.load_state_dict({**state, "W_1": state["W_1"][:1]})
 
 
 def test_kmeans_finds_well_separated_groups_and_picks_the_best_restart():

@@ -2,12 +2,14 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 import csreft_lite as cl
 from csreft_lite.hooks import Positions, resolve_positions
+from csreft_lite.reft_model import settings
 
 from .tiny import randomize, tiny_llama, tiny_model
 
@@ -255,12 +257,12 @@ def test_save_then_load_gives_identical_outputs(model, tmp_path, share):
     reft.remove()
     config = json.loads((tmp_path / "ckpt" / "reft_config.json").read_text())
     assert config["base_model"] == "tiny-llama-32x4" and config["hidden_size"] == D
-    assert config["router"] == {"kind": "Router", "layer": 0, "config": router.config()}  # rebuilt by class name
+    assert config["router"] == {"kind": "Router", "layer": 0, "config": settings(router)}  # rebuilt by class name
     assert not list(tmp_path.glob("ckpt/*.bin")) and not list(tmp_path.glob("ckpt/*.pt"))
     loaded = cl.ReftModel.load(tmp_path / "ckpt", model)
     assert torch.equal(loaded(x, instruction_spans=spans()).logits, expected)
     assert torch.equal(loaded.last_gates, expected_gates)
-    assert loaded.router_layer == 0 and loaded.router.config() == router.config()
+    assert loaded.router_layer == 0 and settings(loaded.router) == settings(router)
 
 
 def test_reft_config_is_what_the_checkpoint_holds_and_builds_the_same_model_fresh(model, tmp_path):
@@ -578,3 +580,24 @@ def test_a_checkpoint_of_the_first_release_without_a_router_kind_loads(model, tm
     (tmp_path / "reft_config.json").write_text(json.dumps(config))
     loaded = cl.ReftModel.from_pretrained(model, tmp_path)
     assert type(loaded.router) is cl.Router and torch.equal(loaded.router.net.weight, reft.router.net.weight)
+
+
+FORMAT2 = Path(__file__).resolve().parent / "fixtures" / "format2"
+
+
+@pytest.mark.parametrize("name", ["csreft_tied", "csreft_untied"])
+def test_checkpoints_the_stacked_format_2_code_wrote_load_and_answer_as_they_did(model, name, tmp_path):
+    """tests/fixtures/format2 was written by 61d4735 (format 2: a CS-ReFT's subspaces stacked), with its logits. They load,
+    answer the same, and saved again they are format 3 (one tensor per subspace) and load as well."""
+    expected = json.loads((FORMAT2 / "expected.json").read_text())
+    x, s = torch.tensor(expected["input_ids"]), torch.tensor(expected["instruction_spans"])
+    assert json.loads((FORMAT2 / name / "reft_config.json").read_text())["format"] == 2
+    reft = cl.ReftModel.from_pretrained(model, FORMAT2 / name)
+    logits = reft(x, instruction_spans=s).logits[:, -1, :5]
+    assert torch.allclose(logits, torch.tensor(expected["logits_last_5"][name]), atol=1e-6)
+    reft.save(tmp_path)
+    assert json.loads((tmp_path / "reft_config.json").read_text())["format"] == 3
+    reft.remove()
+    again = cl.ReftModel.from_pretrained(model, tmp_path)
+    assert torch.equal(again(x, instruction_spans=s).logits[:, -1, :5], logits)
+    assert any(key.endswith(".W_1") for key in again.state_dict())
