@@ -23,7 +23,7 @@ Conditions (46,120 trained parameters each: two layers x five rank-4 subspaces, 
 - ``replay2`` / ``replay4`` / ``replay8``: the same, each phase also training on 2 / 4 / 8 stored training examples of
   every earlier skill (mixed into the phase's data; same number of steps);
 - ``routed``: ``ReftModel.add_skill``: a new CS-ReFT subspace per skill, the earlier ones frozen, and a nearest-centroid
-  router (``routing.CentroidRouter``: one centroid per skill, no label at test). Also scored, from the same trained
+  router (``continual.CentroidRouter``: one centroid per skill, no label at test). Also scored, from the same trained
   model, with the skill label as gate (``label``, the upper bound: no retraining; a prompt the router sends to its own
   skill's subspace gets exactly the label-gated computation, so only misrouted prompts are generated again);
 - ``separate``: ``routed`` with ``controls.SeparateBases`` (each basis orthonormal on its own; also label-scored);

@@ -64,6 +64,9 @@ class LoReFT(nn.Module):
         delta = (x @ self.W.T + self.b - x @ R.T) @ R  # [..., rank] -> [..., d]
         return (x + delta).to(h.dtype)
 
+    def extra_repr(self) -> str:
+        return f"rank {self.rank}"
+
 
 class DiReFT(nn.Module):
     """Direct ReFT, the ablation without orthogonality or subtraction: ``h + W₂ᵀ(W₁ h + b)``.
@@ -84,6 +87,9 @@ class DiReFT(nn.Module):
         check_input(h, self.d_model, "DiReFT")
         x = h.to(self.W1.dtype)
         return (x + (x @ self.W1.T + self.b) @ self.W2).to(h.dtype)
+
+    def extra_repr(self) -> str:
+        return f"rank {self.rank}"
 
 
 class CSReFT(nn.Module):
@@ -204,26 +210,6 @@ class CSReFT(nn.Module):
         delta = torch.einsum("...kr,krd->...d", z * scale, R)
         return (x + delta).to(h.dtype)
 
-
-def new_skill_subspace(modules: "list[CSReFT]") -> int:
-    """The subspace a new skill trains in each of these CS-ReFTs (one model's, grown together): the last one when it is
-    the only one not frozen yet (a fresh model, or a skill whose training was interrupted), else a new one added to each.
-
-    Any other state (several subspaces not frozen, or the CS-ReFTs in different states) is an error: skills added one at
-    a time leave every earlier subspace frozen.
-    """
-    if not modules or not all(isinstance(m, CSReFT) for m in modules):
-        raise ValueError("Skills are added to CS-ReFT interventions only: build the model with cl.CSReFT(d, rank, "
-                         "n_subspaces=1) at every layer.")
-    states = {(m.n_subspaces, tuple(m.frozen)) for m in modules}
-    if len(states) > 1:
-        raise ValueError(f"The CS-ReFT layers have different subspaces or frozen sets ({sorted(states)}); skills are added "
-                         f"to all of them at once. Build them alike and add skills only with reft.add_skill.")
-    k, frozen = states.pop()
-    if frozen == tuple(range(k - 1)):
-        return k - 1
-    if frozen != tuple(range(k)):
-        raise ValueError(f"This CS-ReFT has {k} subspaces, of which only {list(frozen)} are frozen: adding a skill trains "
-                         f"one new subspace after the frozen ones. Start from cl.CSReFT(d, rank, n_subspaces=1), or freeze "
-                         f"the trained subspaces with freeze_subspaces.")
-    return min(m.add_subspace() for m in modules)
+    def extra_repr(self) -> str:
+        frozen = f" ({', '.join(map(str, self.frozen))} frozen)" if self.frozen else ""
+        return f"rank {self.rank}, {self.n_subspaces} subspaces{frozen}"

@@ -25,9 +25,10 @@ from .architecture import decoder_layers, hidden_size, model_name
 from .hooks import (PositionIndex, Positions, edit_at, hook_layers, position_ids, prompt_lengths_from_labels,
                     resolve_positions, span_mask)
 from .interventions import CSReFT, DiReFT, LoReFT
-from .routing import CentroidRouter, Router, instruction_summary
-from .training import add_skill, dataset_router_inputs, init_router
-from .validate import check_batch, check_gates, check_interventions, check_layers, check_router
+from .continual import CentroidRouter, add_skill
+from .routing import Router, instruction_summary
+from .training import dataset_router_inputs, init_router
+from .validate import check_batch, check_gates, check_interventions, check_router
 
 
 @dataclass
@@ -145,6 +146,17 @@ def _supervised_only(supervised: torch.Tensor, fired: list, head: nn.Module, arg
     return (args[0][:, :-1][supervised].unsqueeze(0), *args[1:])
 
 
+@contextmanager
+def _swapped(obj, name: str, value) -> Iterator[None]:
+    """``obj.name`` set to ``value`` inside the block, and back to what it was after."""
+    previous = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, previous)
+
+
 class ReftModel(nn.Module):
     """A frozen model with interventions: ``ReftModel(model, {layer: intervention}, positions="f5+l5")``.
 
@@ -160,8 +172,6 @@ class ReftModel(nn.Module):
     def __init__(self, model: nn.Module, interventions: Mapping[int, nn.Module], positions: "str | Positions" = "f5+l5",
                  share_positions: bool = True, router: Router | None = None, router_layer: int | None = None):
         super().__init__()
-        if not interventions:
-            raise ValueError("ReftModel needs at least one intervention, e.g. {9: LoReFT(d_model, rank=4)}.")
         object.__setattr__(self, "model", model)  # not a submodule: its weights are not ours to train or save
         self.positions = Positions.parse(positions)
         if self.positions.all and not share_positions:
@@ -175,9 +185,7 @@ class ReftModel(nn.Module):
             for group in self.copies:  # untied: the "last" group gets a copy
                 self.interventions[module_name(layer, group)] = module if group in (None, "first") else copy.deepcopy(module)
         routed = {layer: m for layer, m in zip(self.layers, interventions.values()) if isinstance(m, CSReFT)}
-        if router_layer is not None:
-            router_layer = check_layers(len(decoder_layers(model)), [router_layer])[0]
-        self.router_layer = check_router(routed, d, router, router_layer)  # None without CS-ReFT
+        self.router_layer = check_router(routed, d, router, router_layer, len(decoder_layers(model)))  # None without CS-ReFT
         self.router = (router or Router(d, next(iter(routed.values())).n_subspaces)) if routed else None
         self.to(next(model.parameters()).device)
         model.requires_grad_(False)
@@ -201,11 +209,9 @@ class ReftModel(nn.Module):
             if gates is not None:
                 raise ValueError("gates are for routed interventions (cl.CSReFT); these have none.")
             return call
-        gates = self._forced if gates is None else check_gates(gates, self.router.n_subspaces)  # [1 or batch, k]
-        if gates is not None:
-            if gates.shape[0] not in (1, attention_mask.shape[0]):
-                raise ValueError(f"Gates for {gates.shape[0]} examples were given but the batch has {attention_mask.shape[0]}.")
-            call.gates = gates.to(attention_mask.device).expand(attention_mask.shape[0], -1)
+        gates = self._forced if gates is None else gates
+        if gates is not None:  # [batch, k]
+            call.gates = check_gates(gates, self.router.n_subspaces, len(attention_mask)).to(attention_mask.device)
         elif instruction_spans is not None:
             call.summary_mask = span_mask(attention_mask, instruction_spans, prompt_lengths)
         else:
@@ -260,26 +266,16 @@ class ReftModel(nn.Module):
     def __exit__(self, *exc) -> None:  # leaving a ``with`` block retires it
         self.remove()
 
-    @contextmanager
-    def _swapped(self, name: str, value) -> Iterator[None]:
-        """Attribute ``name`` set to ``value`` inside the block, and back to what it was after."""
-        previous = getattr(self, name)
-        setattr(self, name, value)
-        try:
-            yield
-        finally:
-            setattr(self, name, previous)
-
     def disabled(self) -> AbstractContextManager[None]:
         """Run the base model without edits inside this block, e.g. for before/after comparisons."""
-        return self._swapped("_enabled", False)
+        return _swapped(self, "_enabled", False)
 
     def force_gates(self, gates) -> AbstractContextManager[None]:
         """Fix the gates inside this block (the router is bypassed): ``[1, 0, 0]`` opens the first subspace at every
         layer for every example; ``[batch, k]`` sets them per example."""
         if self.router is None:
             raise ValueError("force_gates needs routed interventions (cl.CSReFT); these have no gates.")
-        return self._swapped("_forced", check_gates(gates, self.router.n_subspaces))  # [1 or batch, k]
+        return _swapped(self, "_forced", check_gates(gates, self.router.n_subspaces))  # [1 or batch, k]
 
     # ------------------------------------------------------------ forward and generate
 
@@ -290,11 +286,7 @@ class ReftModel(nn.Module):
         whose loss is the mean cross-entropy over supervised tokens plus the router's penalty. ``prompt_lengths``
         ``[batch]`` (default: with labels, the tokens before each row's first label; else every token); ``instruction_spans``
         ``[batch, 2]``: what the router reads; ``gates`` ``[batch, k]``: this call's gates instead (e.g. a skill label)."""
-        attention_mask = check_batch(self.model, input_ids, attention_mask, labels)
-        if labels is not None and kwargs:
-            raise TypeError(f"ReftModel.forward with labels takes input_ids, attention_mask, labels, prompt_lengths, "
-                            f"instruction_spans and gates; it got {sorted(kwargs)} as well. Drop them (with transformers' "
-                            f"Trainer: collate with data.collator_for(tokenizer)).")
+        attention_mask = check_batch(self.model, input_ids, attention_mask, labels, kwargs)
         if labels is not None and prompt_lengths is None:
             prompt_lengths = prompt_lengths_from_labels(labels, attention_mask)
         call = self._new_call(attention_mask, prompt_lengths, instruction_spans, gates)
@@ -361,7 +353,7 @@ class ReftModel(nn.Module):
     def router_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       instruction_spans: torch.Tensor | None = None, prompt_lengths: torch.Tensor | None = None, **ignored) -> torch.Tensor:
         """What the router reads for a batch (``routing.instruction_summary``), ``[batch, d]``, forced gates or not."""
-        with self._swapped("_forced", None):
+        with _swapped(self, "_forced", None):
             return self.route(input_ids, attention_mask, instruction_spans, prompt_lengths)[2]
 
     # What it does with a whole data set: training.py.
@@ -382,17 +374,11 @@ class ReftModel(nn.Module):
 
     def summary(self) -> str:
         """One line: what is attached where, and how many parameters it trains."""
-        first = next(iter(self.interventions.values()))
         kind = "+".join(dict.fromkeys(type(m).__name__ for m in self.interventions.values()))
-        extra = f", {first.n_subspaces} subspaces" if isinstance(first, CSReFT) else ""
-        if isinstance(first, CSReFT) and first.frozen:
-            extra += f" ({', '.join(map(str, first.frozen))} frozen)"
+        extra = next(iter(self.interventions.values())).extra_repr()  # e.g. "rank 4, 3 subspaces"
         if self.router is not None:
-            r = self.router
-            net = f"{r.d_model}→{r.hidden}→{r.n_subspaces}" if r.hidden else f"{r.d_model}→{r.n_subspaces}"
-            gating = f"topk-{r.top_k}" if r.gating == "topk" else r.gating
-            extra += f", one router {net} ({gating}) reading layer {self.router_layer}"
-        return (f"{kind} (rank {getattr(first, 'rank', '?')}{extra}) on {model_name(self.model)} at layers {self.layers}, "
+            extra += f", one router {self.router.extra_repr()} reading layer {self.router_layer}"
+        return (f"{kind} ({extra}) on {model_name(self.model)} at layers {self.layers}, "
                 f"positions {self.positions} ({'tied' if self.share_positions else 'untied'}): {self.trainable_parameters():,} "
                 f"trainable parameters = {self.parameter_share():.4f}% of {self.base_parameters():,}")
 

@@ -1,9 +1,9 @@
 """Routing: which subspaces a prompt opens. CS-ReFT's ρ = Router(x), and what x is.
 
 ``instruction_summary`` is what the router reads; ``Router`` turns it into gates ``[batch, k]`` and prices them
-(sparsity, ``balance_loss``); ``kmeans`` starts it from the clusters of what it reads. ``CentroidRouter`` routes
-skills added one at a time (``ReftModel.add_skill``). ``ReftModel`` runs it once
-per forward pass (``validate.check_router``: one router fits the CS-ReFT layers it gates).
+(sparsity, ``balance_loss``); ``kmeans`` starts it from the clusters of what it reads. ``ReftModel`` runs it once
+per forward pass (``validate.check_router``: one router fits the CS-ReFT layers it gates). Skills added one at a
+time route with continual.py's ``CentroidRouter``.
 """
 
 from __future__ import annotations
@@ -163,61 +163,6 @@ class Router(nn.Module):
         self.net.bias.copy_(beta * bias)
         return assign
 
-
-class CentroidRouter(nn.Module):
-    """Top-1 gates from the nearest of k centroids, one per skill: the mean of ``Router.features`` over the skill's
-    training prompts, set by ``learn`` when the skill arrives (``ReftModel.add_skill``). Nothing is trained by gradient.
-
-    Why nearest centroid for skills that arrive one at a time: adding a skill appends a centroid and never moves the
-    earlier ones, so a prompt of an earlier skill keeps its route unless the new skill's centroid is nearer to it than
-    its own; no earlier example is stored (the nearest-mean rule of class-incremental learning, e.g. iCaRL). A learned
-    ``Router`` would need every earlier skill's prompts again at each new skill, or forget how it routed them.
-    Probabilities: softmax of ``−distance² / temperature`` (only reported; the gate is the nearest centroid's).
-    """
-
-    gating, top_k, hidden = "topk", 1, None  # what ReftModel.summary() reads of a router
-
-    def __init__(self, d_model: int, n_subspaces: int = 1, temperature: float = 0.05):
-        super().__init__()
-        check_sizes("CentroidRouter", n_subspaces, d_model=d_model)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise ValueError(f"CentroidRouter: temperature must be a number > 0, got {temperature!r}.")
-        self.d_model, self.n_subspaces, self.temperature = d_model, n_subspaces, float(temperature)
-        self.register_buffer("centroids", torch.zeros(n_subspaces, d_model))  # [k, d]; saved with the interventions
-
-    def features(self, summary: torch.Tensor) -> torch.Tensor:
-        """The same unit-length features as ``Router.features``."""
-        check_input(summary, self.d_model, "CentroidRouter")
-        return F.layer_norm(summary.float(), (self.d_model,)) / self.d_model**0.5
-
-    def probabilities(self, summary: torch.Tensor) -> torch.Tensor:
-        """``[batch, k]``: softmax of minus the squared distances to the centroids over the temperature."""
-        distance = torch.cdist(self.features(summary), self.centroids).pow(2)
-        return (-distance / self.temperature).softmax(-1)
-
-    def forward(self, summary: torch.Tensor, with_probs: bool = False):
-        """Gates ``[batch, k]``, 1 for the nearest centroid (and the probabilities, when ``with_probs``)."""
-        p = self.probabilities(summary)
-        gates = torch.zeros_like(p).scatter(-1, p.argmax(-1, keepdim=True), 1.0)
-        return (gates, p) if with_probs else gates
-
-    def penalty(self, probs: torch.Tensor) -> None:
-        """No penalty: nothing is learned by gradient."""
-        return None
-
-    @torch.no_grad()
-    def learn(self, index: int, summaries: torch.Tensor) -> None:
-        """Set centroid ``index`` to the mean features of ``summaries`` ``[n, d]`` (a skill's training prompts);
-        ``index == n_subspaces`` appends one. The other centroids stay bit for bit."""
-        if not isinstance(index, int) or not 0 <= index <= self.n_subspaces:
-            raise ValueError(f"CentroidRouter has centroids 0 to {self.n_subspaces - 1}; set one of them or append "
-                             f"{self.n_subspaces}, not {index!r}.")
-        if summaries.dim() != 2 or len(summaries) == 0:
-            raise ValueError(f"A centroid is the mean of a skill's prompts' summaries [n, {self.d_model}] with n >= 1; "
-                             f"got shape {tuple(summaries.shape)}.")
-        centroid = self.features(summaries).mean(0).to(self.centroids.device)
-        if index == self.n_subspaces:
-            self.centroids = torch.cat([self.centroids, centroid[None]])
-            self.n_subspaces += 1
-        else:
-            self.centroids[index] = centroid
+    def extra_repr(self) -> str:
+        net = f"{self.d_model}→{self.hidden}→{self.n_subspaces}" if self.hidden else f"{self.d_model}→{self.n_subspaces}"
+        return f"{net} ({f'topk-{self.top_k}' if self.gating == 'topk' else self.gating})"

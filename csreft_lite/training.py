@@ -1,7 +1,7 @@
 """Training, in the open: batches → loss → backward → AdamW step. Only the interventions train. ``train`` runs on a
 CPU, one GPU, or several under ``accelerate launch`` (Accelerate, no engine of our own); transformers' ``Trainer``:
 ``trainer.py``. What a ReftModel does with a whole data set lives here too (``ReftModel`` has them as methods):
-``init_router`` starts the router from it, ``add_skill`` learns one more skill from it."""
+``init_router`` starts the router from what it reads on it (``add_skill``, one more skill: continual.py)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,7 @@ from torch.utils.data import DataLoader
 
 from . import checkpoint
 from .data import collator_for
-from .interventions import new_skill_subspace
 from .progress import Progress
-from .routing import CentroidRouter
 from .validate import check_training, warn_short_prompts
 
 
@@ -194,7 +192,7 @@ def _save(accelerator, model, optimizer, path: str, step: int) -> int:
     return step
 
 
-# ---------------------------------------------------------------- whole data sets: the router's start, a new skill
+# ---------------------------------------------------------------- whole data sets: what the router reads, its start
 
 
 @torch.no_grad()
@@ -216,32 +214,3 @@ def init_router(reft, dataset, tokenizer=None, batch_size: int = 32, confidence:
     used); returns each example's cluster (``Router.init_from_clusters``)."""
     summaries = dataset_router_inputs(reft, dataset, tokenizer, batch_size, collator)
     return reft.router.init_from_clusters(summaries, confidence=confidence, seed=seed)
-
-
-def add_skill(reft, dataset, tokenizer=None, *, collator=None, **train_kwargs) -> TrainHistory:
-    """Learn one more skill and keep the earlier ones: a new CS-ReFT subspace at every layer (the earlier ones frozen,
-    bit for bit) trained on ``dataset`` (``data.make_dataset`` rows of this skill only) with its gate forced open, and a
-    centroid of what the router reads on those prompts added to the ``routing.CentroidRouter``, which opens the nearest
-    skill's subspace at test, without a label. Returns ``train``'s history; ``train_kwargs`` go to ``train``.
-
-    Start from ``ReftModel(model, {layer: CSReFT(d, rank, n_subspaces=1)}, router=CentroidRouter(d))``: the first call
-    trains subspace 0, each later one adds a subspace (``interventions.new_skill_subspace``).
-    """
-    if not isinstance(reft.router, CentroidRouter):
-        raise ValueError(f"add_skill routes with a CentroidRouter (one centroid per skill, nothing forgotten); this "
-                         f"model's router is {type(reft.router).__name__ if reft.router is not None else 'None'}. Build "
-                         f"it as ReftModel(model, {{layer: cl.CSReFT(d, rank, n_subspaces=1)}}, router=CentroidRouter(d)).")
-    if dataset is None or len(dataset) == 0:
-        raise ValueError("add_skill got an empty dataset: pass the new skill's examples (data.make_dataset rows).")
-    if "gates" in dataset[0]:
-        raise ValueError("add_skill opens the new skill's subspace itself: make the dataset without 'gates'.")
-    if "instruction_span" not in dataset[0]:
-        raise ValueError("add_skill's router reads each prompt's instruction: make the dataset with "
-                         "data.make_dataset, whose rows carry 'instruction_span'.")
-    new = new_skill_subspace(list(reft.interventions.values()))
-    reft.router.learn(new, dataset_router_inputs(reft, dataset, tokenizer, collator=collator))
-    with reft.force_gates([1.0 if i == new else 0.0 for i in range(new + 1)]):
-        history = train(reft, dataset, tokenizer, collator=collator, **train_kwargs)
-    for module in reft.interventions.values():
-        module.freeze_subspaces(new)
-    return history

@@ -48,6 +48,8 @@ def check_layers(n: int, layers: Sequence[int]) -> list[int]:
 def check_interventions(n_layers: int, interventions: dict, d_model: int) -> list[int]:
     """``{layer: intervention}``: existing layers, one intervention each, built for the model's hidden size ``d_model``.
     Returns the layers as indices from 0."""
+    if not interventions:
+        raise ValueError(f"ReftModel needs at least one intervention, e.g. {{9: LoReFT({d_model}, rank=4)}}.")
     layers = check_layers(n_layers, list(interventions))
     if len(set(layers)) != len(layers):
         raise ValueError(f"Two interventions were given for the same layer: {sorted(interventions)}.")
@@ -86,8 +88,14 @@ def check_spans(spans: torch.Tensor, lengths: torch.Tensor) -> None:
                          f"instruction text for the router to read; spans come from data.make_dataset / data.encode_prompt.")
 
 
-def check_batch(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels=None) -> torch.Tensor:
-    """``input_ids [batch, seq]`` on the model's device, a mask and labels of the same shape; returns the mask."""
+def check_batch(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels=None,
+                other: dict | None = None) -> torch.Tensor:
+    """``input_ids [batch, seq]`` on the model's device, a mask and labels of the same shape, and with labels no ``other``
+    keyword (it would be ignored); returns the mask."""
+    if labels is not None and other:
+        raise TypeError(f"ReftModel.forward with labels takes input_ids, attention_mask, labels, prompt_lengths, "
+                        f"instruction_spans and gates; it got {sorted(other)} as well. Drop them (with transformers' "
+                        f"Trainer: collate with data.collator_for(tokenizer)).")
     device = next(model.parameters()).device
     if input_ids.device != device:
         raise ValueError(f"input_ids are on {input_ids.device} but the model is on {device}; move the batch with .to({str(device)!r}).")
@@ -105,14 +113,18 @@ def check_batch(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
     return attention_mask
 
 
-def check_gates(gates, k: int) -> torch.Tensor:
-    """Forced gates: ``[k]`` or ``[batch, k]``, each in [0, 1]; returned as ``[1 or batch, k]`` float32."""
+def check_gates(gates, k: int, batch: int | None = None) -> torch.Tensor:
+    """Given gates: ``[k]`` or ``[batch, k]``, each in [0, 1]; returned as ``[1 or batch, k]`` float32, or with ``batch``
+    as ``[batch, k]`` (one row serves every example)."""
     g = torch.as_tensor(gates, dtype=torch.float32)
     if g.dim() not in (1, 2) or g.shape[-1] != k:
         raise ValueError(f"force_gates takes one gate per subspace ({k} values, or [batch, {k}]), got shape {tuple(g.shape)}.")
     if not bool(((g >= 0) & (g <= 1)).all()):  # NaN fails both
         raise ValueError(f"Gates lie in [0, 1] (0: subspace off, 1: fully on); got {g.tolist()}.")
-    return g.reshape(-1, k)
+    g = g.reshape(-1, k)
+    if batch is not None and len(g) not in (1, batch):
+        raise ValueError(f"Gates for {len(g)} examples were given but the batch has {batch}.")
+    return g if batch is None else g.expand(batch, -1)
 
 
 def warn_short_prompts(prompt_lengths: Sequence[int], positions, what: str = "training ") -> None:
@@ -130,9 +142,12 @@ def warn_short_prompts(prompt_lengths: Sequence[int], positions, what: str = "tr
                   f"want, use fewer positions ('{hint}' fits every prompt) or a longer prompt template.", stacklevel=3)
 
 
-def check_router(routed: dict, d_model: int, router=None, router_layer: int | None = None) -> int | None:
+def check_router(routed: dict, d_model: int, router=None, router_layer: int | None = None, n_layers: int = 0) -> int | None:
     """One router gates every CS-ReFT layer (``routed``: ``{layer: CSReFT}``): it gives one gate per subspace and reads a
-    layer at or below the first edit. Returns the layer it reads (default: the first CS-ReFT layer), None without any."""
+    layer of the model's ``n_layers`` at or below the first edit. Returns the layer it reads (default: the first CS-ReFT
+    layer), None without any."""
+    if router_layer is not None:
+        router_layer = check_layers(n_layers, [router_layer])[0]
     if not routed:
         if router is not None or router_layer is not None:
             raise ValueError("router and router_layer are for cl.CSReFT interventions, and none was given.")

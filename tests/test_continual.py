@@ -7,8 +7,7 @@ import torch
 import csreft_lite as cl
 from csreft_lite.controls import SeparateBases, SharedBasis
 from csreft_lite.data import Collator
-from csreft_lite.interventions import new_skill_subspace
-from csreft_lite.routing import CentroidRouter
+from csreft_lite.continual import CentroidRouter, new_skill_subspace
 
 from .tiny import tiny_llama
 

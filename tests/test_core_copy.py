@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = ["interventions", "routing", "hooks", "architecture", "reft_model", "data", "training", "checkpoint", "compat", "validate", "progress"]
+CORE = ["interventions", "routing", "hooks", "architecture", "reft_model", "data", "training", "continual", "checkpoint", "compat",
+        "validate", "progress"]
 
 pytestmark = pytest.mark.slow
 
@@ -82,3 +83,18 @@ def test_the_core_copied_into_a_package_of_ones_own_trains_generates_saves_and_l
                           cwd=tmp_path / "project", env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "core copy OK" in done.stdout
+
+
+def test_design_s_size_rules_hold_no_function_over_60_lines_and_reft_model_at_most_300():
+    """DESIGN.md's house rules for the copy set, measured on the source (docstrings and blank lines included)."""
+    import ast
+
+    too_long = []
+    for name in CORE:
+        for node in ast.walk(ast.parse((ROOT / "csreft_lite" / f"{name}.py").read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
+                too_long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not too_long, too_long
+    tree = ast.parse((ROOT / "csreft_lite" / "reft_model.py").read_text())
+    reft_model = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ReftModel")
+    assert reft_model.end_lineno - reft_model.lineno + 1 <= 300
