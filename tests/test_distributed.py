@@ -103,11 +103,12 @@ def test_an_interrupted_two_process_run_resumes_to_the_same_interventions(two_pr
 
 
 def test_parameters_unused_by_every_forward_pass_do_not_stop_ddp(two_processes):
-    """Forced gates bypass the router, untied 'l2' never calls the 'first' copies: DDP needs find_unused_parameters."""
+    """Forced gates bypass the router and close subspace 1, untied 'l2' never calls the 'first' copies: DDP needs
+    find_unused_parameters."""
     ranks = states(two_processes, "unused")
     assert max_difference(ranks[0], ranks[1]) == 0
     initial = worker.build_unused().state_dict()
-    idle = [k for k in initial if "_first." in k or k.startswith("router.")]
+    idle = [k for k in initial if "_first." in k or k.startswith("router.") or k.endswith("_1")]
     used = [k for k in initial if k not in idle]
     assert idle and used
     assert all(torch.equal(ranks[0][k], initial[k]) for k in idle)
