@@ -145,7 +145,7 @@ def routed_run(b: Bench, condition: str, seed: int, train: dict, test: dict) -> 
     for i, skill in enumerate(STREAM):
         replies = answers(b, reft, test[skill])  # one batch of <= 64 prompts: last_gates holds all of its gates
         gates = reft.last_gates if reft.last_gates.shape[0] == len(test[skill]) else \
-            cl.evaluate.route(reft, b.tok, [e.instruction for e in test[skill]], template=b.template)[0]
+            cl.evaluate.route_prompts(reft, b.tok, [e.instruction for e in test[skill]], template=b.template)[0]
         chosen = gates.argmax(-1).tolist()
         wrong = [j for j, c in enumerate(chosen) if c != i]
         label = list(replies)

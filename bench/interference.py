@@ -123,7 +123,7 @@ class Bench:
 
     def routing(self, reft, skills, test_examples) -> tuple[float, dict]:
         """Routing NMI on the test prompts, and each skill's most frequent subspace."""
-        gates, _ = self.cl.evaluate.route(reft, self.tok, [e.instruction for e in test_examples], template=self.template)
+        gates, _ = self.cl.evaluate.route_prompts(reft, self.tok, [e.instruction for e in test_examples], template=self.template)
         chosen = gates.argmax(-1).tolist()
         owner = {s: statistics.mode([c for c, e in zip(chosen, test_examples) if e.skill == s]) for s in skills}
         return self.cl.evaluate.routing_nmi([e.skill for e in test_examples], chosen), owner
@@ -205,7 +205,7 @@ def composition(b: Bench, reft, pair_gates: list[float], composed) -> dict:
 
     out = {"router": b.accuracy(reft, composed)["mean"]} if reft.router is not None and pair_gates is not None else {}
     if "router" in out:
-        _, probs = b.cl.evaluate.route(reft, b.tok, [e.instruction for e in composed], template=b.template)
+        _, probs = b.cl.evaluate.route_prompts(reft, b.tok, [e.instruction for e in composed], template=b.template)
         top2 = torch.zeros_like(probs).scatter(1, probs.topk(2, dim=-1).indices, 1.0)  # [n, k] per prompt
         out["router top-2"] = b.accuracy(reft, composed, top2)["mean"]
     out["pair forced"] = b.accuracy(reft, composed, pair_gates)["mean"]

@@ -60,12 +60,12 @@ def skill_accuracy(model, tokenizer, examples: Sequence, *, max_new_tokens: int 
 
 
 @torch.no_grad()
-def route(reft, tokenizer, instructions: Sequence, *, template: str = "auto", batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def route_prompts(reft, tokenizer, instructions: Sequence, *, template: str = "auto", batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """The gates and the router's probabilities each prompt gets, ``([n, k], [n, k])``, exactly as at generation (the
     model runs up to the router's layer: ``ReftModel.route``). Under ``force_gates`` the probabilities are the gates."""
-    _check_list(instructions, "route")
+    _check_list(instructions, "route_prompts")
     if getattr(reft, "router", None) is None:
-        raise ValueError("route() needs a ReftModel with a router (cl.CSReFT interventions).")
+        raise ValueError("route_prompts() needs a ReftModel with a router (cl.CSReFT interventions).")
     device = next(reft.model.parameters()).device
     gates, probs = [], []
     for start in range(0, len(instructions), batch_size):

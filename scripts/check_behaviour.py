@@ -47,7 +47,7 @@ def run_one(name, model, tok, build, train_kwargs, train_set, probes, save_dir):
     result["learning_rates"] = history.learning_rates
     instructions = [e.instruction for e in probes]
     if reft.router is not None:
-        gates, probs = evaluate.route(reft, tok, instructions, template=BARE_CHAT_TEMPLATE)
+        gates, probs = evaluate.route_prompts(reft, tok, instructions, template=BARE_CHAT_TEMPLATE)
         result["gates"], result["probs"] = gates.tolist(), probs.tolist()
     result["answers"] = evaluate.generate_answers(reft, tok, instructions, max_new_tokens=8, template=BARE_CHAT_TEMPLATE)
     if save_dir:
@@ -85,7 +85,7 @@ def reload_answers(load_dir, expected):
         if answers != want["answers"]:
             problems.append(f"{name}: reloaded checkpoint answers {answers} vs {want['answers']}")
         if reft.router is not None:
-            gates, _ = evaluate.route(reft, tok, probes, template=BARE_CHAT_TEMPLATE)
+            gates, _ = evaluate.route_prompts(reft, tok, probes, template=BARE_CHAT_TEMPLATE)
             if gates.tolist() != want["gates"]:
                 problems.append(f"{name}: reloaded checkpoint gates differ")
         reft.remove()

@@ -164,5 +164,5 @@ def test_the_course_model_routes_real_skills_without_labels(course_model):
             reft.add_skill(cl.data.make_dataset(rows, tok), tok, max_steps=2, batch_size=8, progress=False)
         for i, name in enumerate(("lowercase", "first_letter")):
             held_out = [e.instruction for e in tasks.get_skill(name).generate(20, "test")]
-            gates, _ = cl.evaluate.route(reft, tok, held_out)
+            gates, _ = cl.evaluate.route_prompts(reft, tok, held_out)
             assert gates.argmax(-1).tolist() == [i] * 20

@@ -276,13 +276,13 @@ def test_route_gives_the_gates_generation_uses(tok):
     reft = cl.ReftModel(model, {1: cl.CSReFT(32, 2, 3)}, positions="f2+l2", router=cl.Router(32, 3, gating="topk"))
     randomize(reft)
     prompts = ["Write the plural of this word: Garden", "Hi", "Name a fruit."]
-    gates, probs = evaluate.route(reft, tok, prompts, batch_size=2)
+    gates, probs = evaluate.route_prompts(reft, tok, prompts, batch_size=2)
     assert gates.shape == probs.shape == (3, 3)
     assert torch.equal(gates, torch.nn.functional.one_hot(probs.argmax(-1), 3).float())
     evaluate.generate_answers(reft, tok, prompts[2:], max_new_tokens=1)
     assert torch.equal(reft.last_gates, gates[2:])
     with pytest.raises(ValueError, match="needs a ReftModel with a router"):
-        evaluate.route(cl.ReftModel(model, {2: cl.LoReFT(32, 2)}), tok, prompts)
+        evaluate.route_prompts(cl.ReftModel(model, {2: cl.LoReFT(32, 2)}), tok, prompts)
 
 
 def test_cl_train_is_the_training_function_and_the_module_keeps_its_names():

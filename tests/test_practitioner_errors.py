@@ -100,7 +100,7 @@ def test_one_string_where_a_list_of_prompts_goes_is_refused():
     with pytest.raises(TypeError, match=r"list of instructions.*\['one prompt'\]"):
         evaluate.generate_answers(reft, None, "one prompt")
     with pytest.raises(TypeError, match="list of instructions"):
-        evaluate.route(reft_on_tiny("CSReFT"), None, "one prompt")
+        evaluate.route_prompts(reft_on_tiny("CSReFT"), None, "one prompt")
 
 
 @pytest.mark.parametrize("record, problem", [
