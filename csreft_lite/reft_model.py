@@ -74,14 +74,20 @@ def module_name(layer: int, group: str | None) -> str:
 def settings(module: nn.Module) -> dict:
     """A module's constructor arguments, read back from its attributes of the same names (scikit-learn's ``get_params``
     convention): what ``ReftConfig`` stores for it, and ``build`` passes to rebuild it."""
-    values = {name: getattr(module, name) for name in inspect.signature(type(module)).parameters}
+    names = list(inspect.signature(type(module)).parameters)
+    missing = [name for name in names if not hasattr(module, name)]
+    if missing:
+        raise TypeError(f"{type(module).__name__}'s settings cannot be read: its constructor arguments {missing} are not "
+                        f"attributes of the same name. Store each one in __init__ (self.{missing[0]} = {missing[0]}).")
+    values = {name: getattr(module, name) for name in names}
     return {name: list(v) if isinstance(v, tuple) else v for name, v in values.items()}  # as JSON holds them
 
 
 def build(kind: str, config: dict) -> nn.Module:
     """An intervention or router from its class name and ``settings``; names unknown and missing keys."""
     if kind not in KINDS:
-        raise ValueError(f"Unknown intervention kind {kind!r}; known kinds: {', '.join(KINDS)}.")
+        raise ValueError(f"Unknown intervention kind {kind!r}; known kinds: {', '.join(KINDS)} (a class of your own: add "
+                         f"it to csreft_lite.reft_model.KINDS before loading).")
     params = inspect.signature(KINDS[kind]).parameters  # the constructor's arguments are the config's keys
     unknown = sorted(set(config) - set(params))
     missing = [name for name, p in params.items() if p.default is inspect.Parameter.empty and name not in config]

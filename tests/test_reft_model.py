@@ -9,6 +9,7 @@ import torch
 
 import csreft_lite as cl
 from csreft_lite.hooks import Positions, resolve_positions
+from csreft_lite import reft_model
 from csreft_lite.reft_model import settings
 
 from .tiny import randomize, tiny_llama, tiny_model
@@ -601,3 +602,40 @@ def test_checkpoints_the_stacked_format_2_code_wrote_load_and_answer_as_they_did
     again = cl.ReftModel.from_pretrained(model, tmp_path)
     assert torch.equal(again(x, instruction_spans=s).logits[:, -1, :5], logits)
     assert any(key.endswith(".W_1") for key in again.state_dict())
+
+
+class Scale(torch.nn.Module):
+    """An intervention of one's own: multiplies the edited hidden states by a learned factor."""
+
+    def __init__(self, d_model: int, start: float = 1.0):
+        super().__init__()
+        self.d_model, self.start = d_model, start
+        self.factor = torch.nn.Parameter(torch.tensor(start))
+
+    def forward(self, h):
+        return h * self.factor
+
+
+def test_an_intervention_of_one_s_own_saves_and_loads_once_registered(model, tmp_path, monkeypatch):
+    reft = cl.ReftModel(model, {1: Scale(D, 0.5)}, positions="l2")
+    with torch.no_grad():
+        reft.interventions["layer1"].factor.fill_(1.5)
+    x = ids()
+    out = reft(x).logits
+    reft.save(tmp_path)
+    assert json.loads((tmp_path / "reft_config.json").read_text())["interventions"]["layer1"] == {
+        "kind": "Scale", "config": {"d_model": D, "start": 0.5}}
+    with pytest.raises(cl.CheckpointError, match=r"Unknown intervention kind 'Scale'.*add it to csreft_lite\.reft_model\.KINDS"):
+        cl.ReftModel.from_pretrained(model, tmp_path)
+    monkeypatch.setitem(reft_model.KINDS, "Scale", Scale)
+    assert torch.equal(cl.ReftModel.from_pretrained(model, tmp_path)(x).logits, out)
+
+
+def test_a_module_whose_settings_cannot_be_read_back_says_which_argument(model, tmp_path):
+    class Forgetful(Scale):
+        def __init__(self, d_model: int, strength: float = 1.0):
+            super().__init__(d_model)
+
+    reft = cl.ReftModel(model, {1: Forgetful(D)}, positions="l2")
+    with pytest.raises(TypeError, match=r"constructor arguments \['strength'\] are not attributes.*self\.strength = strength"):
+        reft.save(tmp_path)
