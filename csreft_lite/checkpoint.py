@@ -69,7 +69,8 @@ def _unstacked(config: dict, state: dict[str, torch.Tensor]) -> dict[str, torch.
     if config.get("format", 2) >= 3:
         return state
     for name, entry in config["interventions"].items():
-        k = entry.get("config", {}).get("n_subspaces") if isinstance(entry, dict) and entry.get("kind") == "CSReFT" else None
+        spec = entry.get("config") if isinstance(entry, dict) and entry.get("kind") == "CSReFT" else None
+        k = spec.get("n_subspaces") if isinstance(spec, dict) else None
         for part in ("R_raw", "W", "b") if isinstance(k, int) and k > 0 else ():
             stacked = state.get(f"interventions.{name}.{part}")
             if stacked is not None and stacked.shape[0] % k == 0:  # else the shape check names it

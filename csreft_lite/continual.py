@@ -5,12 +5,12 @@ one room: the router, the choice of the subspace a new skill trains, and the ste
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .interventions import CSReFT
+from .routing import unit_features
 from .training import TrainHistory, dataset_router_inputs, train
-from .validate import check_input, check_sizes
+from .validate import check_sizes
 
 
 class CentroidRouter(nn.Module):
@@ -33,9 +33,8 @@ class CentroidRouter(nn.Module):
         self.register_buffer("centroids", torch.zeros(n_subspaces, d_model))  # [k, d]; saved with the interventions
 
     def features(self, summary: torch.Tensor) -> torch.Tensor:
-        """The same unit-length features as ``Router.features``."""
-        check_input(summary, self.d_model, "CentroidRouter")
-        return F.layer_norm(summary.float(), (self.d_model,)) / self.d_model**0.5
+        """The same unit-length features as ``Router.features`` (``routing.unit_features``)."""
+        return unit_features(summary, self.d_model, "CentroidRouter")
 
     def probabilities(self, summary: torch.Tensor) -> torch.Tensor:
         """``[batch, k]``: softmax of minus the squared distances to the centroids over the temperature."""

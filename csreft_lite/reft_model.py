@@ -191,7 +191,7 @@ class ReftModel(nn.Module):
             for group in self.copies:  # untied: the "last" group gets a copy
                 self.interventions[module_name(layer, group)] = module if group in (None, "first") else copy.deepcopy(module)
         routed = {layer: m for layer, m in zip(self.layers, interventions.values()) if isinstance(m, CSReFT)}
-        self.router_layer = check_router(routed, d, router, router_layer, len(decoder_layers(model)))  # None without CS-ReFT
+        self.router_layer = check_router(routed, d, len(decoder_layers(model)), router, router_layer)  # None without CS-ReFT
         self.router = (router or Router(d, next(iter(routed.values())).n_subspaces)) if routed else None
         self.to(next(model.parameters()).device)
         model.requires_grad_(False)

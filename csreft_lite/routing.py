@@ -47,6 +47,17 @@ def balance_loss(probs: torch.Tensor) -> torch.Tensor:
     return entropy(q).mean() - entropy(q.mean(0))
 
 
+def unit_features(summary: torch.Tensor, d_model: int, name: str) -> torch.Tensor:
+    """What a router's weights see: the summary ``[batch, d]`` layer-normed, then scaled to unit length (÷√d).
+
+    Why ÷√d, as attention scales its scores: AdamW moves every weight by about ``lr`` per step, so a
+    logit over d inputs of size ~1 would move by ``lr·d`` (5 at lr 1e-2 on the course model) and one
+    step could overturn any routing; on unit-length inputs it moves by about ``lr·√d``.
+    """
+    check_input(summary, d_model, name)
+    return F.layer_norm(summary.float(), (d_model,)) / d_model**0.5
+
+
 def kmeans(x: torch.Tensor, k: int, n_init: int = 10, iters: int = 50, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Centroids ``[k, d]`` and assignments ``[n]``: the best (lowest inertia) of ``n_init`` k-means++ runs.
 
@@ -101,14 +112,8 @@ class Router(nn.Module):
             self.net = nn.Sequential(nn.Linear(d_model, hidden), nn.ReLU(), nn.Linear(hidden, n_subspaces))
 
     def features(self, summary: torch.Tensor) -> torch.Tensor:
-        """What the weights see: the summary layer-normed, then scaled to unit length (÷√d).
-
-        Why ÷√d, as attention scales its scores: AdamW moves every weight by about ``lr`` per step, so a
-        logit over d inputs of size ~1 would move by ``lr·d`` (5 at lr 1e-2 on the course model) and one
-        step could overturn any routing; on unit-length inputs it moves by about ``lr·√d``.
-        """
-        check_input(summary, self.d_model, "Router")
-        return F.layer_norm(summary.float(), (self.d_model,)) / self.d_model**0.5
+        """What the weights see (``unit_features``)."""
+        return unit_features(summary, self.d_model, "Router")
 
     def probabilities(self, summary: torch.Tensor) -> torch.Tensor:
         """Softmax (top-k) or sigmoid (soft, hard) probabilities, ``[batch, k]``."""

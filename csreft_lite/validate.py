@@ -142,7 +142,7 @@ def warn_short_prompts(prompt_lengths: Sequence[int], positions, what: str = "tr
                   f"want, use fewer positions ('{hint}' fits every prompt) or a longer prompt template.", stacklevel=3)
 
 
-def check_router(routed: dict, d_model: int, router=None, router_layer: int | None = None, n_layers: int = 0) -> int | None:
+def check_router(routed: dict, d_model: int, n_layers: int, router=None, router_layer: int | None = None) -> int | None:
     """One router gates every CS-ReFT layer (``routed``: ``{layer: CSReFT}``): it gives one gate per subspace and reads a
     layer of the model's ``n_layers`` at or below the first edit. Returns the layer it reads (default: the first CS-ReFT
     layer), None without any."""

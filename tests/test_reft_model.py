@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -639,3 +640,12 @@ def test_a_module_whose_settings_cannot_be_read_back_says_which_argument(model, 
     reft = cl.ReftModel(model, {1: Forgetful(D)}, positions="l2")
     with pytest.raises(TypeError, match=r"constructor arguments \['strength'\] are not attributes.*self\.strength = strength"):
         reft.save(tmp_path)
+
+
+def test_a_damaged_format_2_entry_is_named_not_a_crash(model, tmp_path):
+    shutil.copytree(FORMAT2 / "csreft_tied", tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "reft_config.json").read_text())
+    config["interventions"]["layer1"]["config"] = [32, 2, 3]
+    (tmp_path / "ckpt" / "reft_config.json").write_text(json.dumps(config))
+    with pytest.raises(cl.CheckpointError, match=r"entry 'layer1' must be \{\"kind\": \.\.\., \"config\": \{\.\.\.\}\}"):
+        cl.ReftModel.from_pretrained(model, tmp_path / "ckpt")
